@@ -1,0 +1,413 @@
+//! The shared token state: the current token, single-flight fetches, background renewal,
+//! backoff after failures and 401 invalidation. Nothing here speaks HTTP; fetches go
+//! through a [`Fetcher`].
+
+mod token;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use secrecy::SecretString;
+use tokio::runtime::Handle;
+use tokio::sync::watch;
+use tokio::task::{AbortHandle, JoinSet};
+use tokio::time::Instant;
+
+pub use token::{DEFAULT_EXPIRY_MARGIN, RenewalWindow};
+pub(crate) use token::{Freshness, Token};
+
+use crate::client::{Backoff, FetchOutcome};
+use crate::stats::Counters;
+use crate::{Endpoint, Error};
+
+/// Gets new tokens; the cache's only way out to the token endpoints.
+pub(crate) trait Fetcher: Send + Sync + 'static {
+    fn fetch(
+        &self,
+        refresh_token: Option<SecretString>,
+    ) -> Pin<Box<dyn Future<Output = FetchOutcome> + Send + '_>>;
+}
+
+/// The result of a fetch, shared with every request that waited for it.
+pub(crate) type Outcome = Result<Arc<Token>, Error>;
+
+/// What a request that found no usable token should do.
+pub(crate) enum Acquire {
+    Ready(Arc<Token>),
+    Wait(watch::Receiver<Option<Outcome>>),
+    Failed(Error),
+}
+
+/// How long the API's rejections of new tokens are ignored after one was honoured; it
+/// grows while rejections keep coming, so a server that rejects every token cannot cause a
+/// login per request.
+const REJECTION_BACKOFF: Backoff = Backoff {
+    initial: Duration::from_secs(1),
+    max: Duration::from_secs(60),
+    jitter: false,
+};
+
+/// A rejection this long after the last honoured one starts a new streak.
+const REJECTION_STREAK_RESET: Duration = Duration::from_secs(120);
+
+#[derive(Debug)]
+struct RefreshToken {
+    secret: SecretString,
+    /// `None` when the server gave no lifetime: used until rejected.
+    expires_at: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct Failure {
+    error: Error,
+    retry_at: Instant,
+}
+
+/// Cold-path state, behind a mutex that is never held across an await.
+#[derive(Debug, Default)]
+struct Control {
+    in_flight: Option<watch::Receiver<Option<Outcome>>>,
+    refresh_token: Option<RefreshToken>,
+    failure: Option<Failure>,
+    tasks: Option<JoinSet<()>>,
+    phase_timer: Option<AbortHandle>,
+    last_rejection: Option<Instant>,
+    rejection_streak: u32,
+    closed: bool,
+}
+
+impl Control {
+    /// Returns when the backoff after the last failed fetch ends, if it has not yet.
+    fn backoff_until(&self, now: Instant) -> Option<Instant> {
+        self.failure
+            .as_ref()
+            .map(|failure| failure.retry_at)
+            .filter(|retry_at| now < *retry_at)
+    }
+}
+
+/// The token state shared by a layer, its services, their clones and its handles.
+pub(crate) struct Cache {
+    current: ArcSwapOption<Token>,
+    control: Mutex<Control>,
+    fetcher: Box<dyn Fetcher>,
+    window: RenewalWindow,
+    counters: Arc<Counters>,
+    next_id: AtomicU64,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("has_token", &self.current.load().is_some())
+            .field("window", &self.window)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cache {
+    pub(crate) fn new(
+        fetcher: Box<dyn Fetcher>,
+        window: RenewalWindow,
+        counters: Arc<Counters>,
+    ) -> Self {
+        Cache {
+            current: ArcSwapOption::empty(),
+            control: Mutex::new(Control::default()),
+            fetcher,
+            window,
+            counters,
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    pub(crate) fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Returns the current token's `Authorization` header and id when it may be sent now,
+    /// starting a background renewal when it is due. Takes no lock and, while the token's
+    /// timer runs, reads no clock.
+    #[inline]
+    pub(crate) fn hot_token(self: &Arc<Self>) -> Option<(http::HeaderValue, u64)> {
+        let guard = self.current.load();
+        let token = guard.as_deref()?;
+        match token.freshness() {
+            Freshness::Fresh => {}
+            Freshness::RenewDue => self.renew_in_background(token),
+            Freshness::Expired => return None,
+        }
+        Some((token.header.clone(), token.id))
+    }
+
+    /// Returns the time left until the current token expires.
+    pub(crate) fn expires_in(&self) -> Option<Duration> {
+        let token = self.current.load_full()?;
+        Some(token.expires_at.saturating_duration_since(Instant::now()))
+    }
+
+    /// Returns a usable token, or tells the caller to wait for a fetch or to fail.
+    pub(crate) fn acquire(self: &Arc<Self>) -> Acquire {
+        let mut control = self.lock();
+        let now = Instant::now();
+        if let Some(token) = self.current.load_full()
+            && token.freshness_by_clock(now) != Freshness::Expired
+            && token.freshness() != Freshness::Expired
+        {
+            return Acquire::Ready(token);
+        }
+        if let Some(waiting) = &control.in_flight {
+            return Acquire::Wait(waiting.clone());
+        }
+        if let Some(failure) = &control.failure
+            && now < failure.retry_at
+        {
+            self.counters.record_fast_failure();
+            return Acquire::Failed(failure.error.clone());
+        }
+
+        tracing::debug!("no usable token, fetching one");
+        match self.start_fetch(&mut control) {
+            Ok(waiting) => Acquire::Wait(waiting),
+            Err(error) => Acquire::Failed(error),
+        }
+    }
+
+    /// Drops the token with this id, if it is still the current one, and starts a fetch.
+    /// Returns whether the token was dropped; rejections of tokens that were already
+    /// replaced, and rejections that come too fast after the last one, are ignored.
+    pub(crate) fn reject(self: &Arc<Self>, token_id: u64) -> bool {
+        let mut control = self.lock();
+        let current = self.current.load_full();
+        let Some(token) = current.filter(|token| token.id == token_id) else {
+            return false;
+        };
+
+        let now = Instant::now();
+        if let Some(last) = control.last_rejection {
+            let since = now.saturating_duration_since(last);
+            if since > REJECTION_STREAK_RESET {
+                control.rejection_streak = 0;
+            } else if since < REJECTION_BACKOFF.delay(control.rejection_streak) {
+                tracing::warn!(
+                    token_id,
+                    streak = control.rejection_streak,
+                    "API rejected a new token again soon after the last rejection, keeping it"
+                );
+                return false;
+            }
+        }
+        control.last_rejection = Some(now);
+        control.rejection_streak += 1;
+
+        token.expire();
+        self.current.store(None);
+        self.counters.record_rejected_token();
+        tracing::info!(token_id, "API rejected the token, renewing");
+        if control.in_flight.is_none() && control.backoff_until(now).is_none() {
+            let _ = self.start_fetch(&mut control);
+        }
+        true
+    }
+
+    /// Stops the cache's tasks: the last owner is gone.
+    pub(crate) fn close(&self) {
+        let mut control = self.lock();
+        control.closed = true;
+        if let Some(mut tasks) = control.tasks.take() {
+            tasks.abort_all();
+        }
+        if let Some(timer) = control.phase_timer.take() {
+            timer.abort();
+        }
+        control.in_flight = None;
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Control> {
+        // A panic elsewhere cannot leave `Control` half-updated in a way that matters more
+        // than losing the token state, so a poisoned lock is used as it is.
+        self.control
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn renew_in_background(self: &Arc<Self>, token: &Token) {
+        if !token.claim_renewal() {
+            return;
+        }
+        let mut control = self.lock();
+        let still_current = self
+            .current
+            .load()
+            .as_deref()
+            .is_some_and(|current| current.id == token.id);
+        if !still_current || control.in_flight.is_some() {
+            return;
+        }
+        if let Some(retry_at) = control.backoff_until(Instant::now()) {
+            self.release_renewal_at(&mut control, token.id, retry_at);
+            return;
+        }
+
+        tracing::debug!(
+            token_id = token.id,
+            expires_in_ms = token
+                .expires_at
+                .saturating_duration_since(Instant::now())
+                .as_millis() as u64,
+            "token due for renewal, renewing in the background"
+        );
+        if self.start_fetch(&mut control).is_err() {
+            token.release_renewal();
+        }
+    }
+
+    /// Makes the token due for renewal again at `retry_at`.
+    fn release_renewal_at(self: &Arc<Self>, control: &mut Control, token_id: u64, at: Instant) {
+        let cache = Arc::downgrade(self);
+        let release = async move {
+            tokio::time::sleep_until(at).await;
+            let Some(cache) = cache.upgrade() else { return };
+            if let Some(token) = cache
+                .current
+                .load_full()
+                .filter(|token| token.id == token_id)
+            {
+                token.release_renewal();
+            }
+        };
+        let _ = spawn_tracked(control, release);
+    }
+
+    fn start_fetch(
+        self: &Arc<Self>,
+        control: &mut Control,
+    ) -> Result<watch::Receiver<Option<Outcome>>, Error> {
+        if control.closed {
+            return Err(Error::NoRuntime);
+        }
+        let now = Instant::now();
+        let refresh_token = match &control.refresh_token {
+            Some(refresh) if refresh.expires_at.is_none_or(|at| now < at) => {
+                Some(refresh.secret.clone())
+            }
+            Some(_) => {
+                tracing::debug!("refresh token expired, logging in with the password");
+                control.refresh_token = None;
+                None
+            }
+            None => None,
+        };
+
+        let (sender, receiver) = watch::channel(None);
+        let cache = self.clone();
+        spawn_tracked(control, async move {
+            let outcome = cache.fetcher.fetch(refresh_token).await;
+            let result = cache.store(outcome);
+            sender.send_replace(Some(result));
+        })?;
+        control.in_flight = Some(receiver.clone());
+        Ok(receiver)
+    }
+
+    /// Stores a fetch's outcome and returns what waiting requests get.
+    fn store(self: &Arc<Self>, outcome: FetchOutcome) -> Outcome {
+        let now = Instant::now();
+        let mut control = self.lock();
+        control.in_flight = None;
+        if outcome.refresh_rejected {
+            control.refresh_token = None;
+        }
+
+        match outcome.result {
+            Ok(grant) => {
+                let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+                let token = Arc::new(Token::new(
+                    id,
+                    grant.header,
+                    now,
+                    grant.lifetime,
+                    self.window,
+                ));
+                match grant.refresh_token {
+                    Some(secret) => {
+                        control.refresh_token = Some(RefreshToken {
+                            secret,
+                            expires_at: grant.refresh_lifetime.map(|lifetime| now + lifetime),
+                        });
+                    }
+                    // A refresh reply without a refresh token keeps the old one.
+                    None if outcome.endpoint == Endpoint::Login => control.refresh_token = None,
+                    None => {}
+                }
+                control.failure = None;
+                self.current.store(Some(token.clone()));
+                self.arm_phase_timer(&mut control, &token);
+                Ok(token)
+            }
+            Err(error) => {
+                let retry_at = outcome.retry_at.unwrap_or(now);
+                tracing::error!(
+                    %error,
+                    retry_in_ms = retry_at.saturating_duration_since(now).as_millis() as u64,
+                    "token fetch failed"
+                );
+                control.failure = Some(Failure {
+                    error: error.clone(),
+                    retry_at,
+                });
+                if let Some(token) = self.current.load_full()
+                    && token.freshness_by_clock(now) != Freshness::Expired
+                {
+                    tracing::warn!(
+                        token_id = token.id,
+                        "keeping the current token until it expires"
+                    );
+                    self.release_renewal_at(&mut control, token.id, retry_at);
+                }
+                Err(error)
+            }
+        }
+    }
+
+    fn arm_phase_timer(&self, control: &mut Control, token: &Arc<Token>) {
+        if let Some(previous) = control.phase_timer.take() {
+            previous.abort();
+        }
+        control.phase_timer = spawn_tracked(control, token::drive_phases(token.clone())).ok();
+    }
+}
+
+/// Spawns a task that the cache aborts when its last owner is dropped.
+fn spawn_tracked(
+    control: &mut Control,
+    task: impl Future<Output = ()> + Send + 'static,
+) -> Result<AbortHandle, Error> {
+    let runtime = Handle::try_current().map_err(|_| Error::NoRuntime)?;
+    let tasks = control.tasks.get_or_insert_with(JoinSet::new);
+    while tasks.try_join_next().is_some() {}
+    Ok(tasks.spawn_on(task, &runtime))
+}
+
+/// Waits for a fetch's outcome.
+pub(crate) async fn wait_for(mut waiting: watch::Receiver<Option<Outcome>>) -> Outcome {
+    match waiting.wait_for(Option::is_some).await {
+        Ok(outcome) => outcome.clone().unwrap_or(Err(Error::NoRuntime)),
+        Err(_) => Err(Error::NoRuntime),
+    }
+}
+
+/// Owns a [`Cache`] for the layer, its services and handles; the last one dropped stops
+/// the cache's tasks.
+#[derive(Debug)]
+pub(crate) struct CacheOwner(pub(crate) Arc<Cache>);
+
+impl Drop for CacheOwner {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}

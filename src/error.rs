@@ -1,0 +1,300 @@
+//! The error type of the layer, its token fetches and its configuration.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+
+/// A shared, cloneable error from another crate, kept as the `source()` of an [`Error`].
+pub type SharedError = Arc<dyn StdError + Send + Sync + 'static>;
+
+/// The token endpoint that a fetch called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    /// The password login.
+    Login,
+    /// The refresh-token exchange.
+    Refresh,
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Endpoint::Login => "login",
+            Endpoint::Refresh => "refresh",
+        })
+    }
+}
+
+/// Errors returned by [`BigVisionAuth`](crate::BigVisionAuth), its handle and its builder.
+///
+/// The service's error type is this enum; it converts into [`tower::BoxError`] and can be
+/// downcast from it, so a retry policy can tell a transient failure of the token endpoint
+/// ([`Error::is_transient`]) from rejected credentials. No variant contains a password or a
+/// token: server messages are cut to [`MAX_MESSAGE_LEN`] characters, stripped of control
+/// characters, and any occurrence of a secret the layer knows is replaced.
+///
+/// [`tower::BoxError`]: https://docs.rs/tower/0.5/tower/type.BoxError.html
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Error {
+    /// The login endpoint rejected the username or password (HTTP 401 or 403, or a reply with
+    /// `success: false`). Retrying with the same credentials will not help.
+    LoginRejected {
+        /// The HTTP status of the reply.
+        status: StatusCode,
+        /// The server's message, sanitized; empty when the reply had none.
+        message: String,
+    },
+    /// The refresh endpoint rejected the refresh token. The layer handles this itself by
+    /// logging in again; it reaches a caller only when that login also fails.
+    RefreshRejected {
+        /// The HTTP status of the reply.
+        status: StatusCode,
+        /// The server's message, sanitized; empty when the reply had none.
+        message: String,
+    },
+    /// The token endpoint could not be reached, or the connection failed mid-reply.
+    Unreachable {
+        /// Which endpoint was called.
+        endpoint: Endpoint,
+        /// The transport error of the login/refresh service.
+        source: SharedError,
+    },
+    /// The token endpoint did not answer within the per-call timeout.
+    TimedOut {
+        /// Which endpoint was called.
+        endpoint: Endpoint,
+        /// The timeout that elapsed.
+        after: Duration,
+    },
+    /// The token endpoint answered HTTP 429 or 5xx on every attempt.
+    Unavailable {
+        /// Which endpoint was called.
+        endpoint: Endpoint,
+        /// The HTTP status of the last reply.
+        status: StatusCode,
+        /// The delay the server asked for with `Retry-After`, if any.
+        retry_after: Option<Duration>,
+    },
+    /// The token endpoint's reply could not be understood.
+    InvalidReply {
+        /// Which endpoint was called.
+        endpoint: Endpoint,
+        /// The JSON field (or `body`) that was wrong.
+        field: &'static str,
+        /// What was wrong with it.
+        problem: String,
+    },
+    /// The layer's configuration is invalid; returned by the builder.
+    InvalidConfig {
+        /// The setting that was rejected.
+        setting: &'static str,
+        /// What was wrong and what to do.
+        problem: String,
+    },
+    /// A token fetch was stopped before it finished because its Tokio runtime shut down, or
+    /// no Tokio runtime was running to start it.
+    NoRuntime,
+    /// The inner service failed.
+    Inner(SharedError),
+}
+
+/// The maximum number of characters of a server message kept in an [`Error`].
+pub const MAX_MESSAGE_LEN: usize = 200;
+
+impl Error {
+    /// Wraps an error of the inner service.
+    pub(crate) fn inner(error: impl Into<tower::BoxError>) -> Self {
+        Error::Inner(Arc::from(error.into()))
+    }
+
+    pub(crate) fn config(setting: &'static str, problem: impl Into<String>) -> Self {
+        Error::InvalidConfig {
+            setting,
+            problem: problem.into(),
+        }
+    }
+
+    pub(crate) fn invalid_reply(
+        endpoint: Endpoint,
+        field: &'static str,
+        problem: impl Into<String>,
+    ) -> Self {
+        Error::InvalidReply {
+            endpoint,
+            field,
+            problem: problem.into(),
+        }
+    }
+
+    /// Returns `true` when the failure may pass by itself: the token endpoint was unreachable,
+    /// timed out or answered 429/5xx, or the runtime stopped a fetch. A request that failed
+    /// with such an error may be retried; see [`TokenRetryPolicy`](crate::TokenRetryPolicy).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Error::Unreachable { .. }
+                | Error::TimedOut { .. }
+                | Error::Unavailable { .. }
+                | Error::NoRuntime
+        )
+    }
+
+    /// Returns `true` when the server rejected the credentials or the refresh token.
+    pub fn is_rejected(&self) -> bool {
+        matches!(
+            self,
+            Error::LoginRejected { .. } | Error::RefreshRejected { .. }
+        )
+    }
+
+    /// Returns the token endpoint involved, if the error came from a token fetch.
+    pub fn endpoint(&self) -> Option<Endpoint> {
+        match self {
+            Error::LoginRejected { .. } => Some(Endpoint::Login),
+            Error::RefreshRejected { .. } => Some(Endpoint::Refresh),
+            Error::Unreachable { endpoint, .. }
+            | Error::TimedOut { endpoint, .. }
+            | Error::Unavailable { endpoint, .. }
+            | Error::InvalidReply { endpoint, .. } => Some(*endpoint),
+            _ => None,
+        }
+    }
+
+    /// Returns the HTTP status of the token endpoint's reply, where there was one.
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            Error::LoginRejected { status, .. }
+            | Error::RefreshRejected { status, .. }
+            | Error::Unavailable { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// Returns the delay the token endpoint asked for with `Retry-After`, if any.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::Unavailable { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::LoginRejected { status, message } => {
+                write!(f, "login rejected with status {status}")?;
+                write_message(f, message)?;
+                f.write_str("; check the username and password")
+            }
+            Error::RefreshRejected { status, message } => {
+                write!(f, "refresh token rejected with status {status}")?;
+                write_message(f, message)
+            }
+            Error::Unreachable { endpoint, .. } => {
+                write!(f, "{endpoint} endpoint unreachable")
+            }
+            Error::TimedOut { endpoint, after } => {
+                write!(f, "{endpoint} endpoint timed out after {after:?}")
+            }
+            Error::Unavailable {
+                endpoint,
+                status,
+                retry_after,
+            } => {
+                write!(f, "{endpoint} endpoint unavailable with status {status}")?;
+                match retry_after {
+                    Some(delay) => write!(f, " (retry after {delay:?})"),
+                    None => Ok(()),
+                }
+            }
+            Error::InvalidReply {
+                endpoint,
+                field,
+                problem,
+            } => write!(f, "invalid {endpoint} reply: `{field}` {problem}"),
+            Error::InvalidConfig { setting, problem } => {
+                write!(f, "invalid setting `{setting}`: {problem}")
+            }
+            Error::NoRuntime => f.write_str(
+                "token fetch stopped: no Tokio runtime is running, or it shut down mid-fetch",
+            ),
+            Error::Inner(_) => f.write_str("inner service failed"),
+        }
+    }
+}
+
+fn write_message(f: &mut fmt::Formatter<'_>, message: &str) -> fmt::Result {
+    if message.is_empty() {
+        Ok(())
+    } else {
+        write!(f, ": {message:?}")
+    }
+}
+
+impl StdError for Error {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match self {
+            Error::Unreachable { source, .. } => Some(&**source),
+            Error::Inner(source) => Some(&**source),
+            _ => None,
+        }
+    }
+}
+
+/// Cleans a message quoted from a server: removes the secrets given, drops control
+/// characters and cuts it to [`MAX_MESSAGE_LEN`] characters.
+pub(crate) fn sanitize_message(raw: &str, secrets: &[&str]) -> String {
+    let mut text = raw.to_owned();
+    for secret in secrets.iter().filter(|secret| !secret.is_empty()) {
+        if text.contains(secret) {
+            text = text.replace(secret, "[redacted]");
+        }
+    }
+
+    let mut clean: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(MAX_MESSAGE_LEN)
+        .collect();
+    if text.chars().count() > MAX_MESSAGE_LEN {
+        clean.push('…');
+    }
+    clean.trim().to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sanitize_redacts_cuts_and_strips() {
+        let raw = format!("bad password hunter2\r\n\u{1b}[31m{}", "x".repeat(500));
+
+        let clean = sanitize_message(&raw, &["hunter2"]);
+
+        assert!(!clean.contains("hunter2"));
+        assert!(clean.contains("[redacted]"));
+        assert!(!clean.chars().any(char::is_control));
+        assert!(clean.chars().count() <= MAX_MESSAGE_LEN + 1);
+    }
+
+    #[test]
+    fn error_is_send_sync_static() {
+        fn assert_bounds<T: StdError + Send + Sync + 'static>() {}
+        assert_bounds::<Error>();
+    }
+
+    #[test]
+    fn error_downcasts_from_box_error() {
+        let boxed: tower::BoxError = Box::new(Error::NoRuntime);
+
+        let error = boxed.downcast_ref::<Error>();
+
+        assert!(matches!(error, Some(Error::NoRuntime)));
+    }
+}

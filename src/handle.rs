@@ -1,0 +1,90 @@
+//! The state a layer shares with its services, and the handle users hold on it.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderValue, StatusCode};
+
+use crate::Error;
+use crate::cache::{self, Acquire, Cache, CacheOwner};
+use crate::scope::Scope;
+use crate::stats::AuthStats;
+
+/// What a layer, its services and their clones share.
+pub(crate) struct AuthState {
+    pub(crate) owner: CacheOwner,
+    pub(crate) scope: Scope,
+    pub(crate) rejection_status: StatusCode,
+    pub(crate) replay: bool,
+    pub(crate) content_type: Option<HeaderValue>,
+}
+
+impl AuthState {
+    #[inline]
+    pub(crate) fn cache(&self) -> &Arc<Cache> {
+        &self.owner.0
+    }
+}
+
+impl fmt::Debug for AuthState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthState")
+            .field("cache", self.cache())
+            .field("scope", &self.scope)
+            .field("rejection_status", &self.rejection_status)
+            .field("replay", &self.replay)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A handle on a layer's token cache, for logging in ahead of the first request and for
+/// monitoring. It never hands out the token.
+///
+/// Get one from [`BigVisionAuthLayer::handle`](crate::BigVisionAuthLayer::handle) or
+/// [`BigVisionAuth::handle`](crate::BigVisionAuth::handle). Like a service, a handle keeps
+/// the cache and its background tasks alive.
+#[derive(Clone)]
+pub struct AuthHandle {
+    state: Arc<AuthState>,
+}
+
+impl AuthHandle {
+    pub(crate) fn new(state: Arc<AuthState>) -> Self {
+        AuthHandle { state }
+    }
+
+    /// Logs in now, unless a usable token is cached or a fetch is already in flight (then it
+    /// waits for that fetch). Call it at start-up to fail fast on a wrong password.
+    ///
+    /// # Errors
+    ///
+    /// The fetch's error, such as [`Error::LoginRejected`] for wrong credentials. During
+    /// the backoff after a failed fetch, it returns that fetch's error at once.
+    pub async fn login(&self) -> Result<(), Error> {
+        match self.state.cache().acquire() {
+            Acquire::Ready(_) => Ok(()),
+            Acquire::Failed(error) => Err(error),
+            Acquire::Wait(waiting) => cache::wait_for(waiting).await.map(|_| ()),
+        }
+    }
+
+    /// Returns the time left until the current token expires, or `None` when no token is
+    /// cached (before the first login, or after the API rejected the token).
+    pub fn expires_in(&self) -> Option<Duration> {
+        self.state.cache().expires_in()
+    }
+
+    /// Returns a snapshot of the layer's counters, read without a lock.
+    pub fn stats(&self) -> AuthStats {
+        self.state.cache().counters().snapshot(self.expires_in())
+    }
+}
+
+impl fmt::Debug for AuthHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthHandle")
+            .field("expires_in", &self.expires_in())
+            .finish()
+    }
+}

@@ -1,0 +1,156 @@
+//! The service that authorizes requests.
+
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::header::{AUTHORIZATION, CONTENT_TYPE};
+use http::{Request, Response};
+use tower_service::Service;
+
+use crate::future::ResponseFuture;
+use crate::handle::{AuthHandle, AuthState};
+use crate::replay::{CloneBody, ReplayBody};
+use crate::{BoxError, Error};
+
+/// Sets `Authorization: Bearer <token>` on every request to the API, logging in and
+/// renewing the token as needed.
+///
+/// Made by [`BigVisionAuthLayer`](crate::BigVisionAuthLayer); every clone shares the layer's
+/// token cache. See the [crate documentation](crate) for the behaviour.
+///
+/// # Readiness
+///
+/// `poll_ready` reports the inner service's readiness. When a request must wait for a
+/// token, the service that was polled ready moves into the response future and a clone
+/// stays behind, so a readiness slot (a concurrency-limit permit, say) is held while the
+/// request waits for the login.
+pub struct BigVisionAuth<S, P = CloneBody> {
+    inner: S,
+    state: Arc<AuthState>,
+    replay: P,
+}
+
+impl<S, P> BigVisionAuth<S, P> {
+    pub(crate) fn new(inner: S, state: Arc<AuthState>, replay: P) -> Self {
+        BigVisionAuth {
+            inner,
+            state,
+            replay,
+        }
+    }
+
+    /// Returns a handle on the shared token cache.
+    pub fn handle(&self) -> AuthHandle {
+        AuthHandle::new(self.state.clone())
+    }
+
+    /// Returns a reference to the inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// Returns a mutable reference to the inner service.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes the service and returns the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: Clone, P: Clone> Clone for BigVisionAuth<S, P> {
+    fn clone(&self) -> Self {
+        BigVisionAuth {
+            inner: self.inner.clone(),
+            state: self.state.clone(),
+            replay: self.replay.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, P: fmt::Debug> fmt::Debug for BigVisionAuth<S, P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BigVisionAuth")
+            .field("inner", &self.inner)
+            .field("state", &self.state)
+            .field("replay", &self.replay)
+            .finish()
+    }
+}
+
+impl<S, P, ReqBody, ResBody> Service<Request<ReqBody>> for BigVisionAuth<S, P>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
+    S::Error: Into<BoxError>,
+    P: ReplayBody<ReqBody>,
+{
+    type Response = Response<ResBody>;
+    type Error = Error;
+    type Future = ResponseFuture<S, ReqBody, P>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Error::inner)
+    }
+
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        if !self.state.scope.allows(request.uri()) {
+            tracing::debug!(
+                uri.host = request.uri().host(),
+                "request is not for the API's origin, sending it without a token"
+            );
+            return ResponseFuture::passthrough(self.inner.call(request));
+        }
+        if request.headers().contains_key(AUTHORIZATION) {
+            return ResponseFuture::passthrough(self.inner.call(request));
+        }
+        if let Some(content_type) = &self.state.content_type
+            && !request.headers().contains_key(CONTENT_TYPE)
+        {
+            request
+                .headers_mut()
+                .insert(CONTENT_TYPE, content_type.clone());
+        }
+
+        match self.state.cache().hot_token() {
+            Some((header, token_id)) => {
+                request.headers_mut().insert(AUTHORIZATION, header);
+                let replay = self.replay_copy(&request);
+                let future = self.inner.call(request);
+                ResponseFuture::sent(future, token_id, self.state.clone(), replay)
+            }
+            None => {
+                let clone = self.inner.clone();
+                let ready = std::mem::replace(&mut self.inner, clone);
+                ResponseFuture::acquire(ready, request, self.state.clone(), self.replay.clone())
+            }
+        }
+    }
+}
+
+impl<S, P> BigVisionAuth<S, P> {
+    fn replay_copy<B>(&self, request: &Request<B>) -> Option<(S, Request<B>)>
+    where
+        S: Clone,
+        P: ReplayBody<B>,
+    {
+        if !self.state.replay {
+            return None;
+        }
+        let body = self.replay.clone_body(request.body())?;
+        Some((self.inner.clone(), copy_request(request, body)))
+    }
+}
+
+/// Copies a request's head onto another body.
+pub(crate) fn copy_request<A, B>(request: &Request<A>, body: B) -> Request<B> {
+    let mut copy = Request::new(body);
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    *copy.extensions_mut() = request.extensions().clone();
+    copy
+}
