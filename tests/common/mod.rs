@@ -1,0 +1,49 @@
+//! Shared set-up for the integration tests: a hyper-util client, the mock server and a layer
+//! pointed at it.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use bigvision_auth::mock::MockServer;
+use bigvision_auth::{Backoff, BigVisionAuthLayer, Builder, Credentials};
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+pub const USERNAME: &str = "demo";
+pub const PASSWORD: &str = "demo-password";
+
+pub fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new())
+        .retry_canceled_requests(false)
+        .build_http()
+}
+
+/// A builder pointed at the mock, with exact (jitter-free) backoff.
+pub fn builder(server: &MockServer) -> Builder {
+    BigVisionAuthLayer::builder(client(), Credentials::new(USERNAME, PASSWORD))
+        .base_url(server.base_url())
+        .backoff(Backoff::new(Duration::from_millis(500), Duration::from_secs(30)).without_jitter())
+}
+
+pub fn get(url: String) -> Request<Full<Bytes>> {
+    Request::get(url).body(Full::new(Bytes::new())).unwrap()
+}
+
+pub fn post(url: String, body: &'static str) -> Request<Full<Bytes>> {
+    Request::post(url)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .unwrap()
+}
+
+pub async fn body_text(response: Response<Incoming>) -> String {
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8_lossy(&bytes).into_owned()
+}

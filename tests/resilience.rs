@@ -1,0 +1,450 @@
+//! How the layer behaves when the API rejects tokens and the token endpoints fail.
+
+mod common;
+
+use std::time::Duration;
+
+use bigvision_auth::mock::{ExpiresIn, Fault, MockServer};
+use bigvision_auth::{Error, MAX_TOKEN_LIFETIME, TokenRetryPolicy};
+use bytes::Bytes;
+use common::*;
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use tokio::time::Instant;
+use tower::retry::RetryLayer;
+use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
+
+async fn send<S>(service: &mut S, request: Request<Full<Bytes>>) -> Result<S::Response, S::Error>
+where
+    S: Service<Request<Full<Bytes>>>,
+{
+    service.ready().await?.call(request).await
+}
+
+fn error_of(error: BoxError) -> Error {
+    match error.downcast::<Error>() {
+        Ok(error) => *error,
+        Err(other) => panic!("not a bigvision_auth::Error: {other}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn rejected_token_is_replayed_once() {
+    let server = MockServer::start().await.unwrap();
+    let layer = builder(&server).build().unwrap();
+    let handle = layer.handle();
+    let mut service = ServiceBuilder::new().layer(layer).service(client());
+    send(&mut service, get(server.url("/ocr"))).await.unwrap();
+
+    server.reject_next_api_calls(1);
+    let response = send(&mut service, post(server.url("/ocr"), "{}"))
+        .await
+        .unwrap();
+
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(handle.stats().rejected_tokens, 1);
+    assert_eq!(handle.stats().replays, 1);
+    assert_eq!(server.stats().refreshes, 1);
+    assert_eq!(server.stats().login_calls, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn rejected_replay_goes_to_caller() {
+    let server = MockServer::start().await.unwrap();
+    let layer = builder(&server).build().unwrap();
+    let handle = layer.handle();
+    let mut service = ServiceBuilder::new().layer(layer).service(client());
+    send(&mut service, get(server.url("/ocr"))).await.unwrap();
+
+    server.reject_next_api_calls(5);
+    let response = send(&mut service, get(server.url("/ocr"))).await.unwrap();
+
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(handle.stats().replays, 1);
+    assert_eq!(server.api_calls().len(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn server_that_rejects_everything_is_not_stormed() {
+    let server = MockServer::start().await.unwrap();
+    let layer = builder(&server).build().unwrap();
+    let mut service = ServiceBuilder::new().layer(layer).service(client());
+    send(&mut service, get(server.url("/ocr"))).await.unwrap();
+
+    server.reject_next_api_calls(u64::MAX);
+    for _ in 0..50 {
+        let response = send(&mut service, get(server.url("/ocr"))).await.unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    }
+
+    // Fifty rejected requests in no time: the first rejection renews, the next ones within
+    // the rejection backoff (1 s, growing) keep the token.
+    let stats = server.stats();
+    assert_eq!(stats.refresh_calls + stats.login_calls, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn revoked_tokens_cause_one_renewal() {
+    let server = MockServer::start().await.unwrap();
+    let layer = builder(&server).build().unwrap();
+    let service = ServiceBuilder::new().layer(layer).service(client());
+    send(&mut service.clone(), get(server.url("/ocr")))
+        .await
+        .unwrap();
+
+    server.revoke_all();
+    let mut calls = Vec::new();
+    for _ in 0..10 {
+        let mut service = service.clone();
+        let url = server.url("/ocr");
+        calls.push(tokio::spawn(
+            async move { send(&mut service, get(url)).await },
+        ));
+    }
+    for call in calls {
+        assert_eq!(call.await.unwrap().unwrap().status(), StatusCode::OK);
+    }
+
+    // The revoked refresh token is rejected once, then one password login serves all ten.
+    let stats = server.stats();
+    assert_eq!(stats.refresh_calls, 1);
+    assert_eq!(stats.refreshes, 0);
+    assert_eq!(stats.login_calls, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn late_rejection_keeps_newer_token() {
+    let server = MockServer::start().await.unwrap();
+    let layer = builder(&server).build().unwrap();
+    let handle = layer.handle();
+    // Holds back responses to requests marked `x-slow` by 5 s, so their 401 arrives after
+    // a newer token replaced the one they carried.
+    let slow_client = tower::service_fn(move |request: Request<Full<Bytes>>| {
+        let slow = request.headers().contains_key("x-slow");
+        let client = client();
+        async move {
+            let response = client.request(request).await;
+            if slow {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+            response
+        }
+    });
+    let service = ServiceBuilder::new().layer(layer).service(slow_client);
+    send(&mut service.clone(), get(server.url("/ocr")))
+        .await
+        .unwrap();
+
+    server.revoke_all();
+    let mut slow_request = get(server.url("/ocr"));
+    slow_request
+        .headers_mut()
+        .insert("x-slow", "1".parse().unwrap());
+    let slow = tokio::spawn({
+        let mut service = service.clone();
+        async move { send(&mut service, slow_request).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let fast = send(&mut service.clone(), get(server.url("/ocr")))
+        .await
+        .unwrap();
+    let slow = slow.await.unwrap().unwrap();
+
+    assert_eq!(fast.status(), StatusCode::OK);
+    assert_eq!(slow.status(), StatusCode::OK);
+    assert_eq!(handle.stats().rejected_tokens, 1);
+    assert_eq!(server.stats().login_calls, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_replay_caller_gets_rejection() {
+    let server = MockServer::start().await.unwrap();
+    let layer = builder(&server).without_replay().build().unwrap();
+    let mut service = ServiceBuilder::new().layer(layer).service(client());
+    send(&mut service, get(server.url("/ocr"))).await.unwrap();
+
+    server.reject_next_api_calls(1);
+    let rejected = send(&mut service, get(server.url("/ocr"))).await.unwrap();
+    let next = send(&mut service, get(server.url("/ocr"))).await.unwrap();
+
+    assert_eq!(rejected.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(next.status(), StatusCode::OK);
+    assert_eq!(server.stats().refreshes, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn outer_retry_policy_replays_rejection() {
+    let server = MockServer::start().await.unwrap();
+    let layer = builder(&server).without_replay().build().unwrap();
+    let mut service = ServiceBuilder::new()
+        .layer(RetryLayer::new(
+            TokenRetryPolicy::new(1).replay_status(StatusCode::UNAUTHORIZED),
+        ))
+        .layer(layer)
+        .service(client());
+    send(&mut service, get(server.url("/ocr"))).await.unwrap();
+
+    server.reject_next_api_calls(1);
+    let response = send(&mut service, post(server.url("/ocr"), "{}"))
+        .await
+        .unwrap();
+
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(server.api_calls().len(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn caller_timeout_does_not_cancel_login() {
+    let server = MockServer::builder()
+        .login_latency(Duration::from_secs(3))
+        .start()
+        .await
+        .unwrap();
+    let layer = builder(&server).build().unwrap();
+    let mut service = ServiceBuilder::new()
+        .timeout(Duration::from_secs(1))
+        .layer(layer)
+        .service(client());
+
+    let first = send(&mut service, get(server.url("/ocr"))).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let second = send(&mut service, get(server.url("/ocr"))).await.unwrap();
+
+    assert!(first.unwrap_err().is::<tower::timeout::error::Elapsed>());
+    assert_eq!(second.status(), StatusCode::OK);
+    assert_eq!(server.stats().login_calls, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn stalled_login_times_out_and_retries() {
+    let server = MockServer::start().await.unwrap();
+    server.push_login_fault(Fault::Stall);
+    let layer = builder(&server)
+        .fetch_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let mut service = ServiceBuilder::new().layer(layer).service(client());
+    let started = Instant::now();
+
+    let response = send(&mut service, get(server.url("/ocr"))).await.unwrap();
+
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(server.stats().login_calls, 2);
+    // 2 s timeout, then the first backoff step of 500 ms.
+    assert!(started.elapsed() >= Duration::from_millis(2500));
+    assert!(started.elapsed() < Duration::from_millis(2600));
+}
+
+#[tokio::test(start_paused = true)]
+async fn transient_failures_back_off_and_fail_fast() {
+    let server = MockServer::start().await.unwrap();
+    server.set_login_fault(Some(Fault::status(503)));
+    let layer = builder(&server).build().unwrap();
+    let handle = layer.handle();
+    let mut service = ServiceBuilder::new().layer(layer).service(client());
+    let started = Instant::now();
+
+    let first = send(&mut service, get(server.url("/ocr")))
+        .await
+        .unwrap_err();
+    let first_done = started.elapsed();
+    let fast = send(&mut service, get(server.url("/ocr")))
+        .await
+        .unwrap_err();
+
+    // Three attempts, 500 ms and 1 s apart; the next step is 2 s.
+    assert!(matches!(error_of(first.into()), Error::Unavailable { status, .. } if status == 503));
+    assert_eq!(first_done, Duration::from_millis(1500));
+    assert!(error_of(fast.into()).is_transient());
+    assert_eq!(server.stats().login_calls, 3);
+    assert_eq!(handle.stats().fast_failures, 1);
+
+    tokio::time::sleep(Duration::from_millis(1900)).await;
+    let still_fast = send(&mut service, get(server.url("/ocr"))).await;
+    assert!(still_fast.is_err());
+    assert_eq!(server.stats().login_calls, 3);
+
+    server.set_login_fault(None);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let recovered = send(&mut service, get(server.url("/ocr"))).await.unwrap();
+    assert_eq!(recovered.status(), StatusCode::OK);
+    assert_eq!(server.stats().login_calls, 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_is_honoured() {
+    let server = MockServer::start().await.unwrap();
+    server.push_login_fault(Fault::retry_after(429, 3));
+    let layer = builder(&server).build().unwrap();
+    let mut service = ServiceBuilder::new().layer(layer).service(client());
+    let started = Instant::now();
+
+    let response = send(&mut service, get(server.url("/ocr"))).await.unwrap();
+
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(started.elapsed(), Duration::from_secs(3));
+    assert_eq!(server.stats().login_calls, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn wrong_password_is_not_retried() {
+    let server = MockServer::builder()
+        .user(USERNAME, "another password")
+        .start()
+        .await
+        .unwrap();
+    let layer = builder(&server).build().unwrap();
+    let mut service = ServiceBuilder::new().layer(layer).service(client());
+
+    for _ in 0..20 {
+        let error = send(&mut service, get(server.url("/ocr")))
+            .await
+            .unwrap_err();
+        assert!(error_of(error.into()).is_rejected());
+    }
+
+    assert_eq!(server.stats().login_calls, 1);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    send(&mut service, get(server.url("/ocr")))
+        .await
+        .unwrap_err();
+    assert_eq!(server.stats().login_calls, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_renewal_keeps_valid_token() {
+    let server = MockServer::builder()
+        .token_lifetime(Duration::from_secs(100))
+        .start()
+        .await
+        .unwrap();
+    let layer = builder(&server).build().unwrap();
+    let mut service = ServiceBuilder::new().layer(layer).service(client());
+    send(&mut service, get(server.url("/ocr"))).await.unwrap();
+
+    server.set_refresh_fault(Some(Fault::Html502));
+    server.set_login_fault(Some(Fault::Html502));
+    tokio::time::sleep(Duration::from_secs(76)).await;
+    // Every second until the token's margin (5 s before expiry) the old token still works.
+    for _ in 0..18 {
+        let response = send(&mut service, get(server.url("/ocr"))).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let expired = send(&mut service, get(server.url("/ocr"))).await;
+
+    assert!(matches!(
+        error_of(expired.unwrap_err().into()),
+        Error::Unavailable { .. }
+    ));
+    assert_eq!(server.stats().rejected, 0);
+    assert!(server.stats().refresh_calls >= 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn missing_expires_in_uses_jwt_exp() {
+    let server = MockServer::builder()
+        .token_lifetime(Duration::from_secs(120))
+        .expires_in(ExpiresIn::Omit)
+        .start()
+        .await
+        .unwrap();
+    let layer = builder(&server).build().unwrap();
+    let handle = layer.handle();
+
+    handle.login().await.unwrap();
+    let left = handle.expires_in().unwrap();
+
+    assert!(left <= Duration::from_secs(120));
+    assert!(left >= Duration::from_secs(115));
+}
+
+#[tokio::test(start_paused = true)]
+async fn huge_expires_in_is_capped() {
+    let server = MockServer::builder()
+        .expires_in(ExpiresIn::Value(serde_json::json!(1e15)))
+        .start()
+        .await
+        .unwrap();
+    let layer = builder(&server).build().unwrap();
+    let handle = layer.handle();
+
+    handle.login().await.unwrap();
+
+    assert!(handle.expires_in().unwrap() <= MAX_TOKEN_LIFETIME);
+}
+
+#[tokio::test(start_paused = true)]
+async fn oversized_reply_is_rejected() {
+    let server = MockServer::start().await.unwrap();
+    server.push_login_fault(Fault::reply("x".repeat(70_000)));
+    let layer = builder(&server).build().unwrap();
+
+    let error = layer.handle().login().await.unwrap_err();
+
+    assert!(
+        matches!(error, Error::InvalidReply { field: "body", .. }),
+        "{error}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_policy_retries_transient_token_errors() {
+    let server = MockServer::start().await.unwrap();
+    server.push_login_fault(Fault::status(503));
+    let layer = builder(&server).fetch_attempts(1).build().unwrap();
+    let mut service = ServiceBuilder::new()
+        .layer(RetryLayer::new(TokenRetryPolicy::new(2)))
+        .timeout(Duration::from_secs(30))
+        .layer(layer)
+        .service(client());
+
+    let response = send(&mut service, get(server.url("/ocr"))).await.unwrap();
+
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(server.stats().login_calls, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_policy_skips_rejected_credentials() {
+    let server = MockServer::builder()
+        .user(USERNAME, "another password")
+        .start()
+        .await
+        .unwrap();
+    let layer = builder(&server).build().unwrap();
+    let mut service = ServiceBuilder::new()
+        .layer(RetryLayer::new(TokenRetryPolicy::new(3)))
+        .timeout(Duration::from_secs(30))
+        .layer(layer)
+        .service(client());
+
+    let error = send(&mut service, get(server.url("/ocr")))
+        .await
+        .unwrap_err();
+
+    assert!(error_of(error).is_rejected());
+    assert_eq!(server.stats().login_calls, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_layer_stops_its_tasks() {
+    let server = MockServer::start().await.unwrap();
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let layer = builder(&server).build().unwrap();
+    let handle = layer.handle();
+    handle.login().await.unwrap();
+    let service = ServiceBuilder::new().layer(layer).service(client());
+    let with_layer = metrics.num_alive_tasks();
+
+    drop(service);
+    drop(handle);
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+
+    // The phase timer of the token is gone; connection tasks of the dropped clients may
+    // linger, so only the timer is counted here.
+    assert!(metrics.num_alive_tasks() < with_layer);
+}
