@@ -297,15 +297,6 @@ impl<P> Builder<P> {
             )?);
         }
 
-        let exchange: Arc<dyn TokenExchange> = match self.exchange {
-            Some(exchange) => exchange,
-            None => {
-                let login_url = join_path("login_path", &base_url, &self.login_path)?;
-                let refresh_url = join_path("refresh_path", &base_url, &self.refresh_path)?;
-                check_same_security("login_path", &login_url, self.allow_insecure_http)?;
-                Arc::new(BigVisionExchange::new(login_url, refresh_url))
-            }
-        };
         for origin in &origins {
             if origin.is_insecure() && !self.allow_insecure_http {
                 return Err(Error::config(
@@ -319,6 +310,14 @@ impl<P> Builder<P> {
             }
         }
 
+        let exchange: Arc<dyn TokenExchange> = match self.exchange {
+            Some(exchange) => exchange,
+            None => {
+                let login_url = join_path("login_path", &base_url, &self.login_path)?;
+                let refresh_url = join_path("refresh_path", &base_url, &self.refresh_path)?;
+                Arc::new(BigVisionExchange::new(login_url, refresh_url))
+            }
+        };
         let counters = Arc::new(Counters::default());
         let settings = FetchSettings {
             timeout: self.fetch_timeout,
@@ -394,18 +393,6 @@ fn join_path(setting: &'static str, base_url: &str, path: &str) -> Result<Uri, E
         ));
     }
     parse_url(setting, &format!("{base_url}{path}"))
-}
-
-fn check_same_security(
-    setting: &'static str,
-    url: &Uri,
-    allow_insecure: bool,
-) -> Result<(), Error> {
-    let origin = Origin::parse(setting, url)?;
-    if origin.is_insecure() && !allow_insecure {
-        return Err(Error::config(setting, format!("{origin} is plain http")));
-    }
-    Ok(())
 }
 
 impl Fetcher for TokenClient {

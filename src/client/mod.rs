@@ -19,6 +19,8 @@ pub use grant::{DEFAULT_TOKEN_LIFETIME, MAX_REFRESH_LIFETIME, MAX_TOKEN_LEN, MAX
 pub use transport::MAX_REPLY_BYTES;
 
 pub(crate) use grant::CheckedGrant;
+#[cfg(test)]
+pub(crate) use grant::check_grant;
 pub(crate) use transport::Transport;
 
 use crate::exchange::{TokenExchange, TokenReply};

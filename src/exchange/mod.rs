@@ -13,6 +13,8 @@
 
 mod bigvision;
 mod oauth2;
+#[cfg(test)]
+mod proptests;
 
 use std::fmt;
 
