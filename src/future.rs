@@ -13,7 +13,7 @@ use sync_wrapper::SyncFuture;
 use tower_service::Service;
 
 use crate::cache::{self, Acquire, Outcome};
-use crate::handle::AuthState;
+use crate::handle::{AuthState, StateRef};
 use crate::replay::ReplayBody;
 use crate::service::copy_request;
 use crate::{BoxError, Error};
@@ -56,7 +56,7 @@ pin_project! {
             #[pin]
             future: S::Future,
             token_id: u64,
-            state: Arc<AuthState>,
+            state: StateRef,
             replay: Option<Replay<S, B>>,
         },
         // A request waiting for a token; `service` was polled ready.
@@ -105,7 +105,7 @@ where
     pub(crate) fn sent(
         future: S::Future,
         token_id: u64,
-        state: Arc<AuthState>,
+        state: StateRef,
         replay: Option<Replay<S, B>>,
     ) -> Self {
         ResponseFuture {
@@ -184,6 +184,9 @@ where
                     if response.status() != state.rejection_status {
                         return Poll::Ready(Ok(response));
                     }
+                    let Some(state) = state.upgrade() else {
+                        return Poll::Ready(Ok(response));
+                    };
                     state.cache().reject(*token_id);
                     let Some(replay) = replay.take() else {
                         return Poll::Ready(Ok(response));
@@ -193,7 +196,7 @@ where
                         rejected: Some(response),
                         rejected_id: *token_id,
                         replay: Some(replay),
-                        state: state.clone(),
+                        state,
                     }
                 }
                 StateProj::Acquiring {
@@ -236,7 +239,7 @@ where
                     State::Sent {
                         future: service.call(request),
                         token_id: token.id,
-                        state: state.clone(),
+                        state: state.state_ref(),
                         replay,
                     }
                 }

@@ -1,7 +1,9 @@
 //! The state a layer shares with its services, and the handle users hold on it.
 
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, Weak};
 use std::time::Duration;
 
 use http::{HeaderValue, StatusCode};
@@ -13,6 +15,8 @@ use crate::stats::AuthStats;
 
 /// What a layer, its services and their clones share.
 pub(crate) struct AuthState {
+    /// The key of this state in [`REGISTRY`].
+    pub(crate) id: u64,
     pub(crate) owner: CacheOwner,
     pub(crate) scope: Scope,
     pub(crate) rejection_status: StatusCode,
@@ -20,10 +24,73 @@ pub(crate) struct AuthState {
     pub(crate) content_type: Option<HeaderValue>,
 }
 
+/// Every live [`AuthState`] by id, so that a response future on the hot path can carry a
+/// plain [`StateRef`] instead of a reference count: incrementing a count shared by all
+/// clones on every request makes the cores contend for it. Looked up only after a
+/// rejection.
+static REGISTRY: LazyLock<Mutex<HashMap<u64, Weak<AuthState>>>> = LazyLock::new(Default::default);
+
+/// Refers to an [`AuthState`] without keeping it alive; copying it costs nothing.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StateRef {
+    id: u64,
+    pub(crate) rejection_status: StatusCode,
+}
+
+impl StateRef {
+    /// Returns the state, unless every layer, service and handle on it was dropped.
+    pub(crate) fn upgrade(&self) -> Option<Arc<AuthState>> {
+        let registry = REGISTRY
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        registry.get(&self.id).and_then(Weak::upgrade)
+    }
+}
+
 impl AuthState {
+    /// Wraps the state in an `Arc` and registers it.
+    pub(crate) fn register(
+        owner: CacheOwner,
+        scope: Scope,
+        rejection_status: StatusCode,
+        replay: bool,
+        content_type: Option<HeaderValue>,
+    ) -> Arc<AuthState> {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        let state = Arc::new(AuthState {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            owner,
+            scope,
+            rejection_status,
+            replay,
+            content_type,
+        });
+        let mut registry = REGISTRY
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        registry.insert(state.id, Arc::downgrade(&state));
+        state
+    }
+
+    pub(crate) fn state_ref(&self) -> StateRef {
+        StateRef {
+            id: self.id,
+            rejection_status: self.rejection_status,
+        }
+    }
+
     #[inline]
     pub(crate) fn cache(&self) -> &Arc<Cache> {
         &self.owner.0
+    }
+}
+
+impl Drop for AuthState {
+    fn drop(&mut self) {
+        let mut registry = REGISTRY
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        registry.remove(&self.id);
     }
 }
 
@@ -69,8 +136,9 @@ impl AuthHandle {
         }
     }
 
-    /// Returns the time left until the current token expires, or `None` when no token is
-    /// cached (before the first login, or after the API rejected the token).
+    /// Returns the time left until the current token expires: zero once it has expired, and
+    /// `None` when no token is cached (before the first login, or after the API rejected the
+    /// token).
     pub fn expires_in(&self) -> Option<Duration> {
         self.state.cache().expires_in()
     }

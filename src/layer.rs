@@ -332,15 +332,15 @@ impl<P> Builder<P> {
             counters.clone(),
         );
         let cache = Cache::new(Box::new(client), self.window, counters);
-        let state = AuthState {
-            owner: CacheOwner(Arc::new(cache)),
-            scope: Scope::new(origins),
-            rejection_status: self.rejection_status,
-            replay: self.replay_enabled,
-            content_type: self.content_type,
-        };
+        let state = AuthState::register(
+            CacheOwner(Arc::new(cache)),
+            Scope::new(origins),
+            self.rejection_status,
+            self.replay_enabled,
+            self.content_type,
+        );
         Ok(BigVisionAuthLayer {
-            state: Arc::new(state),
+            state,
             replay: self.replay,
         })
     }

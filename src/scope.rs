@@ -13,6 +13,9 @@ pub(crate) struct Origin {
     scheme: Scheme,
     host: String,
     port: u16,
+    /// The authority as configured, for a fast comparison with requests that spell it the
+    /// same way.
+    authority: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +51,10 @@ impl Origin {
             .ok_or_else(|| Error::config(setting, format!("{url} has no host")))?;
         Ok(Origin {
             scheme,
+            authority: url
+                .authority()
+                .map(|a| a.as_str().to_owned())
+                .unwrap_or_default(),
             host: normalize_host(host),
             port: url.port_u16().unwrap_or(match scheme {
                 Scheme::Http => 80,
@@ -61,7 +68,16 @@ impl Origin {
         self.scheme == Scheme::Http && !is_loopback(&self.host)
     }
 
+    #[inline]
     fn matches(&self, uri: &Uri) -> bool {
+        let same_spelling = uri.scheme() == Some(self.scheme.as_http())
+            && uri
+                .authority()
+                .is_some_and(|authority| authority.as_str().eq_ignore_ascii_case(&self.authority));
+        same_spelling || self.matches_parsed(uri)
+    }
+
+    fn matches_parsed(&self, uri: &Uri) -> bool {
         let scheme = match uri.scheme() {
             Some(scheme) if *scheme == http::uri::Scheme::HTTPS => Scheme::Https,
             Some(scheme) if *scheme == http::uri::Scheme::HTTP => Scheme::Http,
@@ -88,6 +104,15 @@ impl fmt::Display for Origin {
             write!(f, "{scheme}://[{}]:{}", self.host, self.port)
         } else {
             write!(f, "{scheme}://{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl Scheme {
+    fn as_http(self) -> &'static http::uri::Scheme {
+        match self {
+            Scheme::Http => &http::uri::Scheme::HTTP,
+            Scheme::Https => &http::uri::Scheme::HTTPS,
         }
     }
 }

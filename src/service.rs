@@ -8,6 +8,7 @@ use http::header::{AUTHORIZATION, CONTENT_TYPE};
 use http::{Request, Response};
 use tower_service::Service;
 
+use crate::cache::Token;
 use crate::future::ResponseFuture;
 use crate::handle::{AuthHandle, AuthState};
 use crate::replay::{CloneBody, ReplayBody};
@@ -28,13 +29,29 @@ use crate::{BoxError, Error};
 pub struct BigVisionAuth<S, P = CloneBody> {
     inner: S,
     state: Arc<AuthState>,
+    /// This clone's view of the current token: one atomic load per request, with no
+    /// thread-local bookkeeping.
+    tokens: arc_swap::Cache<TokenSlot, Option<Arc<Token>>>,
     replay: P,
+}
+
+/// The shared token slot, as [`arc_swap::Cache`] wants it.
+#[derive(Clone)]
+struct TokenSlot(Arc<AuthState>);
+
+impl std::ops::Deref for TokenSlot {
+    type Target = arc_swap::ArcSwapOption<Token>;
+
+    fn deref(&self) -> &Self::Target {
+        self.0.cache().current()
+    }
 }
 
 impl<S, P> BigVisionAuth<S, P> {
     pub(crate) fn new(inner: S, state: Arc<AuthState>, replay: P) -> Self {
         BigVisionAuth {
             inner,
+            tokens: arc_swap::Cache::new(TokenSlot(state.clone())),
             state,
             replay,
         }
@@ -66,6 +83,7 @@ impl<S: Clone, P: Clone> Clone for BigVisionAuth<S, P> {
         BigVisionAuth {
             inner: self.inner.clone(),
             state: self.state.clone(),
+            tokens: self.tokens.clone(),
             replay: self.replay.clone(),
         }
     }
@@ -114,12 +132,13 @@ where
                 .insert(CONTENT_TYPE, content_type.clone());
         }
 
-        match self.state.cache().hot_token() {
+        let token = self.tokens.load().as_deref();
+        match self.state.cache().hot_token(token) {
             Some((header, token_id)) => {
                 request.headers_mut().insert(AUTHORIZATION, header);
                 let replay = self.replay_copy(&request);
                 let future = self.inner.call(request);
-                ResponseFuture::sent(future, token_id, self.state.clone(), replay)
+                ResponseFuture::sent(future, token_id, self.state.state_ref(), replay)
             }
             None => {
                 let clone = self.inner.clone();

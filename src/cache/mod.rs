@@ -133,15 +133,22 @@ impl Cache {
     /// starting a background renewal when it is due. Takes no lock and, while the token's
     /// timer runs, reads no clock.
     #[inline]
-    pub(crate) fn hot_token(self: &Arc<Self>) -> Option<(http::HeaderValue, u64)> {
-        let guard = self.current.load();
-        let token = guard.as_deref()?;
+    pub(crate) fn hot_token(
+        self: &Arc<Self>,
+        token: Option<&Token>,
+    ) -> Option<(http::HeaderValue, u64)> {
+        let token = token?;
         match token.freshness() {
             Freshness::Fresh => {}
             Freshness::RenewDue => self.renew_in_background(token),
             Freshness::Expired => return None,
         }
         Some((token.header.clone(), token.id))
+    }
+
+    /// Returns the slot of the current token, for [`arc_swap::Cache`]s in services.
+    pub(crate) fn current(&self) -> &ArcSwapOption<Token> {
+        &self.current
     }
 
     /// Returns the time left until the current token expires.
