@@ -12,7 +12,11 @@
 //! use tower::{ServiceBuilder, ServiceExt};
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-//! # let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+//! let connector = hyper_rustls::HttpsConnectorBuilder::new()
+//!     .with_webpki_roots()
+//!     .https_only()
+//!     .enable_http1()
+//!     .build();
 //! let client = Client::builder(TokioExecutor::new()).build::<_, Full<Bytes>>(connector);
 //! let auth = BigVisionAuthLayer::builder(client.clone(), Credentials::new("alice", "secret"))
 //!     .build()?;

@@ -448,3 +448,29 @@ async fn dropping_the_layer_stops_its_tasks() {
     // linger, so only the timer is counted here.
     assert!(metrics.num_alive_tasks() < with_layer);
 }
+
+#[tokio::test(start_paused = true)]
+async fn unreadable_refresh_reply_falls_back_to_login() {
+    let server = MockServer::builder()
+        .token_lifetime(Duration::from_secs(100))
+        .start()
+        .await
+        .unwrap();
+    server.set_refresh_fault(Some(Fault::reply("<html>not a token reply</html>")));
+    let layer = builder(&server).build().unwrap();
+    let handle = layer.handle();
+    let mut service = ServiceBuilder::new().layer(layer).service(client());
+    send(&mut service, get(server.url("/ocr"))).await.unwrap();
+
+    tokio::time::sleep(Duration::from_secs(96)).await;
+    let response = send(&mut service, get(server.url("/ocr"))).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(96)).await;
+    send(&mut service, get(server.url("/ocr"))).await.unwrap();
+
+    // The first renewal tries the refresh endpoint once, then logs in and drops the
+    // refresh token; the login's new refresh token is tried again at the next renewal.
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(server.stats().refresh_calls, 2);
+    assert_eq!(server.stats().logins, 3);
+    assert_eq!(handle.stats().refresh_failures, 2);
+}

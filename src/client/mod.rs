@@ -82,7 +82,8 @@ impl TokenClient {
     }
 
     /// Gets a new token: by refresh token when one is given, falling back to a password login
-    /// once when the refresh token is rejected; by password login otherwise.
+    /// once when the refresh token is rejected or the reply cannot be read; by password login
+    /// otherwise.
     pub(crate) async fn fetch(&self, refresh_token: Option<SecretString>) -> FetchOutcome {
         let mut refresh_rejected = false;
         if let Some(refresh_token) = refresh_token {
@@ -90,8 +91,10 @@ impl TokenClient {
                 .call_with_retries(Endpoint::Refresh, Some(&refresh_token))
                 .await
             {
-                Err(error @ Error::RefreshRejected { .. }) => {
-                    tracing::info!(%error, "refresh token rejected, logging in with the password");
+                // An unreadable reply most likely means the refresh endpoint is not where the
+                // settings say; the password still works, so the refresh token is dropped.
+                Err(error @ (Error::RefreshRejected { .. } | Error::InvalidReply { .. })) => {
+                    tracing::info!(%error, "refresh failed, logging in with the password");
                     refresh_rejected = true;
                 }
                 result => return self.outcome(result, Endpoint::Refresh, false),
