@@ -10,11 +10,10 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, Uri};
 use http_body::Body;
 use http_body_util::Full;
-use secrecy::SecretString;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::cache::{Cache, CacheOwner, Fetcher, RenewalWindow};
+use crate::cache::{Cache, CacheOwner, FetchRequest, Fetcher, RenewalWindow};
 use crate::client::{Backoff, FetchOutcome, FetchSettings, TokenClient, Transport};
 use crate::exchange::{BigVisionExchange, TokenExchange};
 use crate::handle::{AuthHandle, AuthState};
@@ -398,8 +397,8 @@ fn join_path(setting: &'static str, base_url: &str, path: &str) -> Result<Uri, E
 impl Fetcher for TokenClient {
     fn fetch(
         &self,
-        refresh_token: Option<SecretString>,
+        request: FetchRequest,
     ) -> Pin<Box<dyn Future<Output = FetchOutcome> + Send + '_>> {
-        Box::pin(TokenClient::fetch(self, refresh_token))
+        Box::pin(TokenClient::fetch(self, request.refresh_token))
     }
 }

@@ -24,12 +24,26 @@ use crate::client::{Backoff, FetchOutcome};
 use crate::stats::Counters;
 use crate::{Endpoint, Error};
 
-/// Gets new tokens; the cache's only way out to the token endpoints.
+/// Gets new tokens; the cache's only way out to the token endpoints, or to a store that
+/// shares tokens between processes.
 pub(crate) trait Fetcher: Send + Sync + 'static {
     fn fetch(
         &self,
-        refresh_token: Option<SecretString>,
+        request: FetchRequest,
     ) -> Pin<Box<dyn Future<Output = FetchOutcome> + Send + '_>>;
+}
+
+/// What the cache knows when it asks for a new token.
+#[derive(Debug)]
+pub(crate) struct FetchRequest {
+    /// The refresh token, if the cache holds one that has not expired.
+    pub(crate) refresh_token: Option<SecretString>,
+    /// The `Authorization` header of the token being replaced, if any.
+    #[allow(dead_code, reason = "read by token stores that share tokens between processes")]
+    pub(crate) replacing: Option<http::HeaderValue>,
+    /// Whether the API rejected the token being replaced.
+    #[allow(dead_code, reason = "read by token stores that share tokens between processes")]
+    pub(crate) rejected: bool,
 }
 
 /// The result of a fetch, shared with every request that waited for it.
@@ -178,7 +192,7 @@ impl Cache {
         }
 
         tracing::debug!("no usable token, fetching one");
-        match self.start_fetch(&mut control) {
+        match self.start_fetch(&mut control, None) {
             Ok(waiting) => Acquire::Wait(waiting),
             Err(error) => Acquire::Failed(error),
         }
@@ -216,7 +230,7 @@ impl Cache {
         self.counters.record_rejected_token();
         tracing::info!(token_id, "API rejected the token, renewing");
         if control.in_flight.is_none() && control.backoff_until(now).is_none() {
-            let _ = self.start_fetch(&mut control);
+            let _ = self.start_fetch(&mut control, Some(&token));
         }
         true
     }
@@ -268,7 +282,7 @@ impl Cache {
                 .as_millis() as u64,
             "token due for renewal, renewing in the background"
         );
-        if self.start_fetch(&mut control).is_err() {
+        if self.start_fetch(&mut control, None).is_err() {
             token.release_renewal();
         }
     }
@@ -290,9 +304,11 @@ impl Cache {
         let _ = spawn_tracked(control, release);
     }
 
+    /// Starts a fetch as a task of its own; `rejected` is the token the API just rejected.
     fn start_fetch(
         self: &Arc<Self>,
         control: &mut Control,
+        rejected: Option<&Token>,
     ) -> Result<watch::Receiver<Option<Outcome>>, Error> {
         if control.closed {
             return Err(Error::NoRuntime);
@@ -310,10 +326,24 @@ impl Cache {
             None => None,
         };
 
+        let replacing = match rejected {
+            Some(token) => Some(token.header.clone()),
+            None => self
+                .current
+                .load()
+                .as_deref()
+                .map(|token| token.header.clone()),
+        };
+        let request = FetchRequest {
+            refresh_token,
+            replacing,
+            rejected: rejected.is_some(),
+        };
+
         let (sender, receiver) = watch::channel(None);
         let cache = self.clone();
         spawn_tracked(control, async move {
-            let outcome = cache.fetcher.fetch(refresh_token).await;
+            let outcome = cache.fetcher.fetch(request).await;
             let result = cache.store(outcome);
             sender.send_replace(Some(result));
         })?;
