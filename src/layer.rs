@@ -76,6 +76,8 @@ impl BigVisionAuthLayer {
             replay_enabled: true,
             replay: CloneBody,
             content_type: None,
+            #[cfg(feature = "redis")]
+            token_store: None,
         }
     }
 }
@@ -132,6 +134,8 @@ pub struct Builder<P = CloneBody> {
     replay_enabled: bool,
     replay: P,
     content_type: Option<HeaderValue>,
+    #[cfg(feature = "redis")]
+    token_store: Option<crate::RedisTokenStore>,
 }
 
 impl<P> fmt::Debug for Builder<P> {
@@ -251,8 +255,19 @@ impl<P> Builder<P> {
         self
     }
 
+    /// Shares the token with other processes through Redis: see [`RedisTokenStore`].
+    /// Default: none, and each process fetches its own tokens.
+    ///
+    /// [`RedisTokenStore`]: crate::RedisTokenStore
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn token_store(mut self, store: crate::RedisTokenStore) -> Self {
+        self.token_store = Some(store);
+        self
+    }
+
     /// Sets which request bodies can be re-created for a replay. Default: [`CloneBody`].
-    /// Use [`NoReplay`] for a body type that is not `Clone`.
+    /// Use [`NoReplay`](crate::NoReplay) for a body type that is not `Clone`.
     pub fn replay_body<Q>(self, policy: Q) -> Builder<Q> {
         Builder {
             transport: self.transport,
@@ -271,6 +286,8 @@ impl<P> Builder<P> {
             replay_enabled: self.replay_enabled,
             replay: policy,
             content_type: self.content_type,
+            #[cfg(feature = "redis")]
+            token_store: self.token_store,
         }
     }
 
@@ -323,6 +340,8 @@ impl<P> Builder<P> {
             max_attempts: self.fetch_attempts,
             backoff: self.backoff,
         };
+        #[cfg(feature = "redis")]
+        let username = self.credentials.username().to_owned();
         let client = TokenClient::new(
             self.transport,
             exchange,
@@ -330,7 +349,19 @@ impl<P> Builder<P> {
             settings,
             counters.clone(),
         );
-        let cache = Cache::new(Box::new(client), self.window, counters);
+        let fetcher: Box<dyn Fetcher> = Box::new(client);
+        #[cfg(feature = "redis")]
+        let fetcher: Box<dyn Fetcher> = match self.token_store {
+            Some(store) => Box::new(store.into_fetcher(
+                fetcher,
+                &base_url,
+                &username,
+                self.window,
+                &settings,
+            )?),
+            None => fetcher,
+        };
+        let cache = Cache::new(fetcher, self.window, counters);
         let state = AuthState::register(
             CacheOwner(Arc::new(cache)),
             Scope::new(origins),

@@ -241,3 +241,34 @@ fn invalid_settings_name_the_setting() {
         );
     }
 }
+
+#[tokio::test]
+async fn default_content_type_fills_only_missing() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let recorded = seen.clone();
+    let recording_client = tower::service_fn(move |request: Request<Full<Bytes>>| {
+        let content_type = request.headers().get(http::header::CONTENT_TYPE).cloned();
+        recorded.lock().unwrap().push(content_type);
+        client().request(request)
+    });
+    let mock = MockServer::start().await.unwrap();
+    let layer = builder(&mock)
+        .default_content_type(http::HeaderValue::from_static("application/json"))
+        .build()
+        .unwrap();
+    let mut service = ServiceBuilder::new().layer(layer).service(recording_client);
+
+    let plain = get(mock.url("/ocr"));
+    let mut own = get(mock.url("/ocr"));
+    own.headers_mut()
+        .insert(http::header::CONTENT_TYPE, "text/plain".parse().unwrap());
+    let other_origin = get("http://127.0.0.1:9/elsewhere".to_owned());
+    service.ready().await.unwrap().call(plain).await.unwrap();
+    service.ready().await.unwrap().call(own).await.unwrap();
+    let _ = service.ready().await.unwrap().call(other_origin).await;
+
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen[0].as_ref().unwrap(), "application/json");
+    assert_eq!(seen[1].as_ref().unwrap(), "text/plain");
+    assert_eq!(seen[2], None);
+}
