@@ -474,3 +474,39 @@ async fn unreadable_refresh_reply_falls_back_to_login() {
     assert_eq!(server.stats().logins, 3);
     assert_eq!(handle.stats().refresh_failures, 2);
 }
+
+#[test]
+fn fetch_lost_with_its_runtime_is_started_again() {
+    // The mock runs on a runtime of its own, so it outlives the runtime that starts the
+    // first login.
+    let mock_runtime = tokio::runtime::Runtime::new().unwrap();
+    let server = mock_runtime.block_on(async {
+        MockServer::builder()
+            .login_latency(Duration::from_millis(300))
+            .start()
+            .await
+            .unwrap()
+    });
+    let layer = builder(&server).build().unwrap();
+    let handle = layer.handle();
+
+    let first_runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    first_runtime.block_on(async {
+        let login = handle.login();
+        let _ = tokio::time::timeout(Duration::from_millis(50), login).await;
+    });
+    drop(first_runtime);
+    let second_runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let result = second_runtime.block_on(handle.login());
+
+    // The first login reached the server, but its answer was lost with the runtime.
+    assert!(result.is_ok(), "{result:?}");
+    assert_eq!(server.stats().login_calls, 2);
+    drop(mock_runtime);
+}

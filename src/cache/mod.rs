@@ -39,10 +39,16 @@ pub(crate) struct FetchRequest {
     /// The refresh token, if the cache holds one that has not expired.
     pub(crate) refresh_token: Option<SecretString>,
     /// The `Authorization` header of the token being replaced, if any.
-    #[allow(dead_code, reason = "read by token stores that share tokens between processes")]
+    #[allow(
+        dead_code,
+        reason = "read by token stores that share tokens between processes"
+    )]
     pub(crate) replacing: Option<http::HeaderValue>,
     /// Whether the API rejected the token being replaced.
-    #[allow(dead_code, reason = "read by token stores that share tokens between processes")]
+    #[allow(
+        dead_code,
+        reason = "read by token stores that share tokens between processes"
+    )]
     pub(crate) rejected: bool,
 }
 
@@ -95,6 +101,20 @@ struct Control {
 }
 
 impl Control {
+    /// Returns the fetch in flight, if its task is still alive. A fetch whose task was
+    /// dropped (its runtime shut down) is forgotten, so the next request starts another
+    /// instead of waiting on it forever.
+    fn live_fetch(&mut self) -> Option<&watch::Receiver<Option<Outcome>>> {
+        if self
+            .in_flight
+            .as_ref()
+            .is_some_and(|waiting| waiting.has_changed().is_err())
+        {
+            self.in_flight = None;
+        }
+        self.in_flight.as_ref()
+    }
+
     /// Returns when the backoff after the last failed fetch ends, if it has not yet.
     fn backoff_until(&self, now: Instant) -> Option<Instant> {
         self.failure
@@ -181,7 +201,7 @@ impl Cache {
         {
             return Acquire::Ready(token);
         }
-        if let Some(waiting) = &control.in_flight {
+        if let Some(waiting) = control.live_fetch() {
             return Acquire::Wait(waiting.clone());
         }
         if let Some(failure) = &control.failure
@@ -229,7 +249,7 @@ impl Cache {
         self.current.store(None);
         self.counters.record_rejected_token();
         tracing::info!(token_id, "API rejected the token, renewing");
-        if control.in_flight.is_none() && control.backoff_until(now).is_none() {
+        if control.live_fetch().is_none() && control.backoff_until(now).is_none() {
             let _ = self.start_fetch(&mut control, Some(&token));
         }
         true
@@ -266,7 +286,7 @@ impl Cache {
             .load()
             .as_deref()
             .is_some_and(|current| current.id == token.id);
-        if !still_current || control.in_flight.is_some() {
+        if !still_current || control.live_fetch().is_some() {
             return;
         }
         if let Some(retry_at) = control.backoff_until(Instant::now()) {
