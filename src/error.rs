@@ -30,7 +30,7 @@ impl fmt::Display for Endpoint {
 
 /// Errors returned by [`BigVisionAuth`](crate::BigVisionAuth), its handle and its builder.
 ///
-/// The service's error type is this enum; it converts into [`tower::BoxError`] and can be
+/// The service's error type is this enum. It converts into [`tower::BoxError`] and can be
 /// downcast from it, so a retry policy can tell a transient failure of the token endpoint
 /// ([`Error::is_transient`]) from rejected credentials. No variant contains a password or a
 /// token: server messages are cut to [`MAX_MESSAGE_LEN`] characters, stripped of control
@@ -58,21 +58,21 @@ pub enum Error {
     },
     /// The token endpoint could not be reached, or the connection failed mid-reply.
     Unreachable {
-        /// Which endpoint was called.
+        /// The endpoint that was called.
         endpoint: Endpoint,
         /// The transport error of the login/refresh service.
         source: SharedError,
     },
-    /// The token endpoint did not answer within the per-call timeout.
+    /// The token endpoint did not reply within the per-call timeout.
     TimedOut {
-        /// Which endpoint was called.
+        /// The endpoint that was called.
         endpoint: Endpoint,
         /// The timeout that elapsed.
         after: Duration,
     },
-    /// The token endpoint answered HTTP 429 or 5xx on every attempt.
+    /// The token endpoint replied with HTTP 429 or 5xx on every attempt.
     Unavailable {
-        /// Which endpoint was called.
+        /// The endpoint that was called.
         endpoint: Endpoint,
         /// The HTTP status of the last reply.
         status: StatusCode,
@@ -81,18 +81,18 @@ pub enum Error {
     },
     /// The token endpoint's reply could not be understood.
     InvalidReply {
-        /// Which endpoint was called.
+        /// The endpoint that was called.
         endpoint: Endpoint,
         /// The JSON field (or `body`) that was wrong.
         field: &'static str,
-        /// What was wrong with it.
+        /// The problem with it.
         problem: String,
     },
     /// The layer's configuration is invalid; returned by the builder.
     InvalidConfig {
         /// The setting that was rejected.
         setting: &'static str,
-        /// What was wrong and what to do.
+        /// The problem and how to fix it.
         problem: String,
     },
     /// A token fetch was stopped before it finished because its Tokio runtime shut down, or
@@ -131,7 +131,7 @@ impl Error {
     }
 
     /// Returns `true` when the failure may pass by itself: the token endpoint was unreachable,
-    /// timed out or answered 429/5xx, or the runtime stopped a fetch. A request that failed
+    /// timed out or returned 429/5xx, or the runtime stopped a fetch. A request that failed
     /// with such an error may be retried; see [`TokenRetryPolicy`](crate::TokenRetryPolicy).
     pub fn is_transient(&self) -> bool {
         matches!(

@@ -13,7 +13,7 @@ use crate::cache::{self, Acquire, Cache, CacheOwner};
 use crate::scope::Scope;
 use crate::stats::AuthStats;
 
-/// What a layer, its services and their clones share.
+/// The state that a layer, its services and their clones share.
 pub(crate) struct AuthState {
     /// The key of this state in [`REGISTRY`].
     pub(crate) id: u64,

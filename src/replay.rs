@@ -1,4 +1,5 @@
-//! Which request bodies can be sent a second time after the API rejects a token.
+//! Policies that re-create request bodies, so a request can be sent again after the API
+//! rejects its token.
 
 /// Re-creates a request body so the request can be replayed once with a new token after the
 /// API rejected the first attempt's token.

@@ -33,10 +33,10 @@ pub(crate) trait Fetcher: Send + Sync + 'static {
     ) -> Pin<Box<dyn Future<Output = FetchOutcome> + Send + '_>>;
 }
 
-/// What the cache knows when it asks for a new token.
+/// The context of a request for a new token.
 #[derive(Debug)]
 pub(crate) struct FetchRequest {
-    /// The refresh token, if the cache holds one that has not expired.
+    /// The cached refresh token, unless there is none or it has expired.
     pub(crate) refresh_token: Option<SecretString>,
     /// The `Authorization` header of the token being replaced, if any.
     #[allow(
@@ -55,14 +55,14 @@ pub(crate) struct FetchRequest {
 /// The result of a fetch, shared with every request that waited for it.
 pub(crate) type Outcome = Result<Arc<Token>, Error>;
 
-/// What a request that found no usable token should do.
+/// The next step for a request that found no usable token.
 pub(crate) enum Acquire {
     Ready(Arc<Token>),
     Wait(watch::Receiver<Option<Outcome>>),
     Failed(Error),
 }
 
-/// How long the API's rejections of new tokens are ignored after one was honoured; it
+/// How long the API's rejections of new tokens are ignored after one was honoured. It
 /// grows while rejections keep coming, so a server that rejects every token cannot cause a
 /// login per request.
 const REJECTION_BACKOFF: Backoff = Backoff {
@@ -191,7 +191,7 @@ impl Cache {
         Some(token.expires_at.saturating_duration_since(Instant::now()))
     }
 
-    /// Returns a usable token, or tells the caller to wait for a fetch or to fail.
+    /// Returns a usable token, a fetch to wait for, or the error to fail with.
     pub(crate) fn acquire(self: &Arc<Self>) -> Acquire {
         let mut control = self.lock();
         let now = Instant::now();

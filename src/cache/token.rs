@@ -1,4 +1,4 @@
-//! A cached access token and the phase that tells the hot path whether it may be used.
+//! A cached access token, and the phase from which the hot path learns whether to send it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -49,7 +49,7 @@ impl Default for RenewalWindow {
 }
 
 // The phases of a token. A timer task moves a token from FRESH to RENEW_DUE to EXPIRED, so
-// the hot path learns where the token stands from one atomic load instead of the clock.
+// the hot path learns the token's state from one atomic load instead of the clock.
 // When that task stops early (its runtime shut down), the token moves to CLOCK and the hot
 // path reads the clock for it.
 const FRESH: u8 = 0;
@@ -59,7 +59,7 @@ const EXPIRED: u8 = 3;
 const CLOCK: u8 = 4;
 const CLOCK_RENEWING: u8 = 5;
 
-/// What the hot path may do with a token.
+/// The action the hot path may take with a token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Freshness {
     /// Send it.

@@ -18,7 +18,7 @@ use http::HeaderMap;
 pub struct Backoff {
     /// The delay after the first failure.
     pub initial: Duration,
-    /// The longest delay.
+    /// The maximum delay.
     pub max: Duration,
     /// Whether delays are randomized.
     pub jitter: bool,

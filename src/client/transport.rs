@@ -16,7 +16,7 @@ pub const MAX_REPLY_BYTES: usize = 64 * 1024;
 /// The status, headers and body of a reply, before the exchange reads it.
 pub(crate) type RawReply = (http::response::Parts, Bytes);
 
-/// Why a reply could not be read.
+/// The reason a reply could not be read.
 #[derive(Debug)]
 pub(crate) enum TransportError {
     /// The service or the body stream failed.
