@@ -273,3 +273,59 @@ mod tests {
         assert_eq!(token.freshness(), Freshness::RenewDue);
     }
 }
+
+#[cfg(test)]
+mod timing_tests {
+    use super::*;
+
+    /// The hot path reads no clock, so the timer task must flip the phase promptly. A thread
+    /// that reads the phase in a loop must see the token due for renewal, and then expired,
+    /// within a few milliseconds of each deadline. The bound allows for a machine busy with
+    /// other tests; on an idle one the lag is the timer's 1 ms resolution.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn phase_flips_within_milliseconds() {
+        const ALLOWED_LAG: Duration = Duration::from_millis(50);
+        for _ in 0..5 {
+            let header = HeaderValue::from_static("Bearer t");
+            let lifetime = Duration::from_millis(400);
+            let token = Arc::new(Token::new(
+                1,
+                header,
+                Instant::now(),
+                lifetime,
+                RenewalWindow::DEFAULT,
+            ));
+            tokio::spawn(drive_phases(token.clone()));
+
+            let watcher = tokio::task::spawn_blocking({
+                let token = token.clone();
+                move || {
+                    let mut due_seen = None;
+                    let give_up = Instant::now() + Duration::from_secs(5);
+                    while Instant::now() < give_up {
+                        match token.freshness() {
+                            Freshness::Fresh => {}
+                            Freshness::RenewDue => {
+                                due_seen.get_or_insert_with(Instant::now);
+                            }
+                            Freshness::Expired => return (due_seen, Instant::now()),
+                        }
+                        std::hint::spin_loop();
+                    }
+                    panic!("the token never read as expired");
+                }
+            });
+            let (due_seen, expired_seen) = watcher.await.unwrap();
+
+            let due_lag = due_seen.unwrap().saturating_duration_since(token.renew_at);
+            let expiry_lag = expired_seen.saturating_duration_since(token.usable_until);
+            assert!(
+                due_lag <= ALLOWED_LAG,
+                "renewal point seen {due_lag:?} late"
+            );
+            assert!(expiry_lag <= ALLOWED_LAG, "expiry seen {expiry_lag:?} late");
+            assert!(due_seen.unwrap() >= token.renew_at);
+            assert!(expired_seen >= token.usable_until);
+        }
+    }
+}
