@@ -226,9 +226,6 @@ where
                         return Poll::Ready(Err(polled_after_completion()));
                     };
 
-                    request
-                        .headers_mut()
-                        .insert(AUTHORIZATION, token.header.clone());
                     let replay = if state.replay {
                         policy
                             .clone_body(request.body())
@@ -236,6 +233,9 @@ where
                     } else {
                         None
                     };
+                    request
+                        .headers_mut()
+                        .insert(AUTHORIZATION, token.header.clone());
                     State::Sent {
                         future: service.call(request),
                         token_id: token.id,

@@ -66,9 +66,11 @@
 //! - **Secrets.** The token goes only to the base URL's origin and the extra origins you
 //!   name; other requests pass through untouched. The header is marked sensitive. No
 //!   `Debug` output, error or log line contains the password or a token.
-//! - **Hot path.** With a usable token, a request costs an atomic load, a check of the
-//!   token's phase (kept current by a timer task, so no clock read) and a reference-count
-//!   increment for the header: no lock and no allocation of the layer's own.
+//! - **Hot path.** With a usable token, a request costs one atomic load of the current
+//!   token, one of its phase (kept current by a timer task, so no clock read), and a
+//!   reference-count increment for the header: no lock. With [`NoReplay`] the layer makes no
+//!   allocation of its own. The default [`CloneBody`] keeps a copy of the request for one
+//!   replay, and copying a request whose header map is not empty allocates.
 //!
 //! # Where it sits in a stack
 //!
@@ -102,6 +104,8 @@ mod retry;
 mod scope;
 mod service;
 mod stats;
+#[cfg(feature = "redis")]
+mod store;
 
 pub use cache::{DEFAULT_EXPIRY_MARGIN, RenewalWindow};
 pub use client::{
@@ -123,6 +127,9 @@ pub use replay::{CloneBody, NoReplay, ReplayBody};
 pub use retry::TokenRetryPolicy;
 pub use service::BigVisionAuth;
 pub use stats::AuthStats;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use store::RedisTokenStore;
 
 /// An error of any type, as tower passes them around.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;

@@ -135,8 +135,10 @@ where
         let token = self.tokens.load().as_deref();
         match self.state.cache().hot_token(token) {
             Some((header, token_id)) => {
-                request.headers_mut().insert(AUTHORIZATION, header);
+                // Copied before the header goes in: a replay sets its own, and a header map
+                // that is still empty clones without allocating.
                 let replay = self.replay_copy(&request);
+                request.headers_mut().insert(AUTHORIZATION, header);
                 let future = self.inner.call(request);
                 ResponseFuture::sent(future, token_id, self.state.state_ref(), replay)
             }

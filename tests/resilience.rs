@@ -2,6 +2,7 @@
 
 mod common;
 
+use std::future::Future;
 use std::time::Duration;
 
 use bigvision_auth::mock::{ExpiresIn, Fault, MockServer};
@@ -509,4 +510,38 @@ fn fetch_lost_with_its_runtime_is_started_again() {
     assert!(result.is_ok(), "{result:?}");
     assert_eq!(server.stats().login_calls, 2);
     drop(mock_runtime);
+}
+
+#[test]
+fn renewal_starts_from_outside_any_runtime() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = runtime.block_on(async {
+        MockServer::builder()
+            .token_lifetime(Duration::from_secs(2))
+            .start()
+            .await
+            .unwrap()
+    });
+    let layer = builder(&server).build().unwrap();
+    runtime.block_on(layer.handle().login()).unwrap();
+    // An inner service that needs no runtime, called from this thread, which has none.
+    let inner = tower::service_fn(|_request: Request<Full<Bytes>>| async {
+        Ok::<_, std::convert::Infallible>(http::Response::new(()))
+    });
+    let mut service = ServiceBuilder::new().layer(layer).service(inner);
+
+    std::thread::sleep(Duration::from_millis(1600));
+    let waker = std::task::Waker::noop();
+    let mut context = std::task::Context::from_waker(waker);
+    assert!(service.poll_ready(&mut context).is_ready());
+    let mut future = std::pin::pin!(service.call(get(server.url("/ocr"))));
+    let response = future.as_mut().poll(&mut context);
+    std::thread::sleep(Duration::from_millis(300));
+
+    assert!(matches!(response, std::task::Poll::Ready(Ok(_))));
+    assert_eq!(server.stats().refreshes, 1);
 }

@@ -98,6 +98,8 @@ struct Control {
     last_rejection: Option<Instant>,
     rejection_streak: u32,
     closed: bool,
+    /// The runtime that ran the last task, for requests sent from outside any runtime.
+    runtime: Option<Handle>,
 }
 
 impl Control {
@@ -439,12 +441,22 @@ impl Cache {
     }
 }
 
-/// Spawns a task that the cache aborts when its last owner is dropped.
+/// Spawns a task that the cache aborts when its last owner is dropped: on the current
+/// runtime, or on the last one seen when the caller runs outside any.
 fn spawn_tracked(
     control: &mut Control,
     task: impl Future<Output = ()> + Send + 'static,
 ) -> Result<AbortHandle, Error> {
-    let runtime = Handle::try_current().map_err(|_| Error::NoRuntime)?;
+    let runtime = match Handle::try_current() {
+        Ok(current) => control.runtime.insert(current).clone(),
+        Err(_) => match &control.runtime {
+            Some(last) => last.clone(),
+            None => {
+                tracing::warn!("no Tokio runtime to run a token fetch or timer on");
+                return Err(Error::NoRuntime);
+            }
+        },
+    };
     let tasks = control.tasks.get_or_insert_with(JoinSet::new);
     while tasks.try_join_next().is_some() {}
     Ok(tasks.spawn_on(task, &runtime))
