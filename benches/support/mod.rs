@@ -1,11 +1,13 @@
-//! Shared pieces of the benchmarks: a no-op inner service, a login service that answers
-//! from memory, the hand-written alternative to the layer, and a minimal executor.
+//! Shared pieces of the benchmarks: a no-op inner service, a login service that replies
+//! from memory, a call counter for it, the hand-written alternative to the layer, and a
+//! minimal executor.
 #![allow(dead_code)]
 
 use std::convert::Infallible;
 use std::future::{Future, Ready, ready};
 use std::pin::pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
 use std::thread::Thread;
 use std::time::Duration;
@@ -60,6 +62,45 @@ pub fn memory_login(
         );
         Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
     })
+}
+
+/// Wraps a service and counts its calls; clones share the count.
+#[derive(Clone, Debug)]
+pub struct Counted<S> {
+    inner: S,
+    calls: Arc<AtomicUsize>,
+}
+
+impl<S> Counted<S> {
+    pub fn new(inner: S) -> Self {
+        Counted {
+            inner,
+            calls: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Returns a reader of the number of calls, shared with every clone.
+    pub fn calls(&self) -> Arc<AtomicUsize> {
+        self.calls.clone()
+    }
+}
+
+impl<S, R> Service<R> for Counted<S>
+where
+    S: Service<R>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: R) -> Self::Future {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.inner.call(request)
+    }
 }
 
 pub fn layer() -> BigVisionAuthLayer {
