@@ -155,8 +155,23 @@ where
     }
 }
 
-fn wait(waiting: tokio::sync::watch::Receiver<Option<Outcome>>) -> Waiting {
-    SyncFuture::new(Box::pin(cache::wait_for(waiting)))
+/// Gets a token from the cache, or waits for the fetch that will bring one.
+fn poll_token(
+    waiting: &mut Option<Waiting>,
+    state: &AuthState,
+    cx: &mut Context<'_>,
+) -> Poll<Outcome> {
+    let waiting = match waiting {
+        Some(waiting) => waiting,
+        None => match state.cache().acquire() {
+            Acquire::Ready(token) => return Poll::Ready(Ok(token)),
+            Acquire::Failed(error) => return Poll::Ready(Err(error)),
+            Acquire::Wait(receiver) => {
+                waiting.insert(SyncFuture::new(Box::pin(cache::wait_for(receiver))))
+            }
+        },
+    };
+    Pin::new(waiting).poll(cx)
 }
 
 impl<S, B, P, ResBody> Future for ResponseFuture<S, B, P>
@@ -206,17 +221,7 @@ where
                     state,
                     policy,
                 } => {
-                    let outcome = match waiting {
-                        Some(waiting) => ready!(Pin::new(waiting).poll(cx)),
-                        None => match state.cache().acquire() {
-                            Acquire::Ready(token) => Ok(token),
-                            Acquire::Failed(error) => Err(error),
-                            Acquire::Wait(receiver) => {
-                                *waiting = Some(wait(receiver));
-                                continue;
-                            }
-                        },
-                    };
+                    let outcome = ready!(poll_token(waiting, state, cx));
                     let token = match outcome {
                         Ok(token) => token,
                         Err(error) => return Poll::Ready(Err(error)),
@@ -250,17 +255,7 @@ where
                     replay,
                     state,
                 } => {
-                    let outcome = match waiting {
-                        Some(waiting) => ready!(Pin::new(waiting).poll(cx)),
-                        None => match state.cache().acquire() {
-                            Acquire::Ready(token) => Ok(token),
-                            Acquire::Failed(error) => Err(error),
-                            Acquire::Wait(receiver) => {
-                                *waiting = Some(wait(receiver));
-                                continue;
-                            }
-                        },
-                    };
+                    let outcome = ready!(poll_token(waiting, state, cx));
                     let Some(response) = rejected.take() else {
                         return Poll::Ready(Err(polled_after_completion()));
                     };
