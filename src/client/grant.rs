@@ -14,14 +14,14 @@ use crate::{Endpoint, Error};
 /// The maximum length of an access token in bytes.
 pub const MAX_TOKEN_LEN: usize = 16 * 1024;
 
-/// The longest access-token lifetime the layer accepts; a longer `expires_in` is cut to it.
+/// The maximum access-token lifetime the layer accepts; a longer `expires_in` is cut to it.
 pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// The lifetime assumed for an access token whose reply has no `expires_in` and whose JWT
 /// `exp` claim cannot be read.
 pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
 
-/// The longest refresh-token lifetime the layer accepts; a longer `refresh_expires_in` is cut.
+/// The maximum refresh-token lifetime the layer accepts; a longer `refresh_expires_in` is cut.
 pub const MAX_REFRESH_LIFETIME: Duration = Duration::from_secs(30 * 24 * 60 * 60);
 
 /// A grant that passed every check, ready for the cache.
@@ -53,6 +53,25 @@ pub(crate) fn check_grant(endpoint: Endpoint, grant: TokenGrant) -> Result<Check
         lifetime,
         refresh_token,
         refresh_lifetime,
+    })
+}
+
+/// Builds a grant from a token that another process fetched, as read from a shared token
+/// store: the token text gets the same checks as a fetched one, and the lifetimes the same
+/// caps.
+#[cfg(feature = "redis")]
+pub(crate) fn stored_grant(
+    endpoint: Endpoint,
+    access_token: &str,
+    lifetime: Duration,
+    refresh_token: Option<SecretString>,
+    refresh_lifetime: Option<Duration>,
+) -> Result<CheckedGrant, Error> {
+    Ok(CheckedGrant {
+        header: bearer_header(endpoint, access_token)?,
+        lifetime: lifetime.min(MAX_TOKEN_LIFETIME),
+        refresh_token: refresh_token.filter(|token| !token.expose_secret().is_empty()),
+        refresh_lifetime: refresh_lifetime.map(|lifetime| lifetime.min(MAX_REFRESH_LIFETIME)),
     })
 }
 

@@ -21,6 +21,8 @@ pub use transport::MAX_REPLY_BYTES;
 pub(crate) use grant::CheckedGrant;
 #[cfg(test)]
 pub(crate) use grant::check_grant;
+#[cfg(feature = "redis")]
+pub(crate) use grant::stored_grant;
 pub(crate) use transport::Transport;
 
 use crate::exchange::{TokenExchange, TokenReply};
@@ -39,7 +41,7 @@ pub(crate) struct FetchSettings {
     pub(crate) backoff: Backoff,
 }
 
-/// What one fetch produced.
+/// The result of one fetch.
 #[derive(Debug)]
 pub(crate) struct FetchOutcome {
     pub(crate) result: Result<CheckedGrant, Error>,
@@ -91,8 +93,8 @@ impl TokenClient {
                 .call_with_retries(Endpoint::Refresh, Some(&refresh_token))
                 .await
             {
-                // An unreadable reply most likely means the refresh endpoint is not where the
-                // settings say; the password still works, so the refresh token is dropped.
+                // An unreadable reply most likely means the refresh endpoint is not at the
+                // configured path; the password still works, so the refresh token is dropped.
                 Err(error @ (Error::RefreshRejected { .. } | Error::InvalidReply { .. })) => {
                     tracing::info!(%error, "refresh failed, logging in with the password");
                     refresh_rejected = true;
