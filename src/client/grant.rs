@@ -147,19 +147,15 @@ fn access_lifetime(
 
 /// Reads the `exp` claim of a JWT and returns the time left until it, by the system clock.
 fn lifetime_from_jwt(token: &str) -> Option<Duration> {
-    #[derive(serde::Deserialize)]
-    struct Claims {
-        exp: f64,
-    }
-
     let payload = token.split('.').nth(1)?;
     let bytes = URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
-    let claims: Claims = serde_json::from_slice(&bytes).ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    let exp = claims.get("exp")?.as_f64()?;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .ok()?
         .as_secs_f64();
-    let left = claims.exp - now;
+    let left = exp - now;
     (left.is_finite() && left >= 1.0)
         .then(|| Duration::from_secs(left as u64).min(MAX_TOKEN_LIFETIME))
 }
