@@ -95,9 +95,11 @@ pub enum Error {
         /// The problem and how to fix it.
         problem: String,
     },
-    /// A token fetch was stopped before it finished because its Tokio runtime shut down, or
-    /// no Tokio runtime was running to start it.
+    /// No Tokio runtime was running to start a token fetch or its timer.
     NoRuntime,
+    /// A token fetch ended without a result: it panicked, or its Tokio runtime shut down.
+    /// The next request after a short delay starts a new fetch.
+    Aborted,
     /// The inner service failed.
     Inner(SharedError),
 }
@@ -131,7 +133,7 @@ impl Error {
     }
 
     /// Returns `true` when the failure may pass by itself: the token endpoint was unreachable,
-    /// timed out or returned 429/5xx, or the runtime stopped a fetch. A request that failed
+    /// timed out or returned 429/5xx, or a fetch found no runtime or ended without a result. A request that failed
     /// with such an error may be retried; see [`TokenRetryPolicy`](crate::TokenRetryPolicy).
     pub fn is_transient(&self) -> bool {
         matches!(
@@ -140,6 +142,7 @@ impl Error {
                 | Error::TimedOut { .. }
                 | Error::Unavailable { .. }
                 | Error::NoRuntime
+                | Error::Aborted
         )
     }
 
@@ -221,7 +224,10 @@ impl fmt::Display for Error {
                 write!(f, "invalid setting `{setting}`: {problem}")
             }
             Error::NoRuntime => f.write_str(
-                "token fetch stopped: no Tokio runtime is running, or it shut down mid-fetch",
+                "no Tokio runtime to run the token fetch on; send requests from a Tokio task",
+            ),
+            Error::Aborted => f.write_str(
+                "token fetch ended without a result: it panicked or its runtime shut down",
             ),
             Error::Inner(_) => f.write_str("inner service failed"),
         }

@@ -545,3 +545,38 @@ fn renewal_starts_from_outside_any_runtime() {
     assert!(matches!(response, std::task::Poll::Ready(Ok(_))));
     assert_eq!(server.stats().refreshes, 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn panicking_login_is_retried_after_a_delay() {
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = calls.clone();
+    let login = tower::service_fn(move |_request: Request<Full<Bytes>>| {
+        let call = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async move {
+            assert!(call > 0, "the first login panics");
+            let body = r#"{"success":true,"result":{"token":"t","expires_in":300}}"#;
+            Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from(body))))
+        }
+    });
+    let layer = bigvision_auth::BigVisionAuthLayer::builder(
+        login,
+        bigvision_auth::Credentials::new(USERNAME, PASSWORD),
+    )
+    .base_url("http://127.0.0.1:9/api")
+    .build()
+    .unwrap();
+    let handle = layer.handle();
+
+    let first = handle.login().await;
+    let during_delay = handle.login().await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after_delay = handle.login().await;
+
+    assert!(matches!(first, Err(Error::Aborted)), "{first:?}");
+    assert!(
+        matches!(during_delay, Err(Error::Aborted)),
+        "{during_delay:?}"
+    );
+    assert!(after_delay.is_ok(), "{after_delay:?}");
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+}

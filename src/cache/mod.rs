@@ -261,13 +261,18 @@ impl Cache {
     pub(crate) fn close(&self) {
         let mut control = self.lock();
         control.closed = true;
-        if let Some(mut tasks) = control.tasks.take() {
-            tasks.abort_all();
-        }
-        if let Some(timer) = control.phase_timer.take() {
+        control.in_flight = None;
+        let tasks = control.tasks.take();
+        let timer = control.phase_timer.take();
+        // The tasks are dropped after the lock is released, since a task's drop guard takes
+        // the lock.
+        drop(control);
+        if let Some(timer) = timer {
             timer.abort();
         }
-        control.in_flight = None;
+        if let Some(mut tasks) = tasks {
+            tasks.abort_all();
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Control> {
@@ -365,8 +370,10 @@ impl Cache {
         let (sender, receiver) = watch::channel(None);
         let cache = self.clone();
         spawn_tracked(control, async move {
+            let mut unfinished = UnfinishedFetch(Some(cache.clone()));
             let outcome = cache.fetcher.fetch(request).await;
             let result = cache.store(outcome);
+            unfinished.0 = None;
             sender.send_replace(Some(result));
         })?;
         control.in_flight = Some(receiver.clone());
@@ -441,6 +448,32 @@ impl Cache {
     }
 }
 
+/// Clears the fetch in flight when its task ends without storing an outcome. After a panic
+/// it also records a failure, so that a fetch that always panics is retried with a delay
+/// rather than once per request; after a runtime shutdown the next request simply starts
+/// a new fetch.
+struct UnfinishedFetch(Option<Arc<Cache>>);
+
+impl Drop for UnfinishedFetch {
+    fn drop(&mut self) {
+        let Some(cache) = self.0.take() else { return };
+        let mut control = cache.lock();
+        if control.closed {
+            return;
+        }
+        control.in_flight = None;
+        if std::thread::panicking() {
+            tracing::error!("token fetch panicked");
+            control.failure = Some(Failure {
+                error: Error::Aborted,
+                retry_at: Instant::now() + REJECTION_BACKOFF.initial,
+            });
+        } else {
+            tracing::warn!("token fetch stopped before it finished, as its runtime shut down");
+        }
+    }
+}
+
 /// Spawns a task that the cache aborts when its last owner is dropped: on the current
 /// runtime, or on the last one seen when the caller runs outside any.
 fn spawn_tracked(
@@ -465,8 +498,8 @@ fn spawn_tracked(
 /// Waits for a fetch's outcome.
 pub(crate) async fn wait_for(mut waiting: watch::Receiver<Option<Outcome>>) -> Outcome {
     match waiting.wait_for(Option::is_some).await {
-        Ok(outcome) => outcome.clone().unwrap_or(Err(Error::NoRuntime)),
-        Err(_) => Err(Error::NoRuntime),
+        Ok(outcome) => outcome.clone().unwrap_or(Err(Error::Aborted)),
+        Err(_) => Err(Error::Aborted),
     }
 }
 
