@@ -257,8 +257,15 @@ impl StdError for Error {
 pub(crate) fn sanitize_message(raw: &str, secrets: &[&str]) -> String {
     let mut text = raw.to_owned();
     for secret in secrets.iter().filter(|secret| !secret.is_empty()) {
-        if text.contains(secret) {
-            text = text.replace(secret, "[redacted]");
+        // A server that echoes the request quotes the secret as the request carried it:
+        // JSON-escaped in a JSON body, percent-encoded in a form.
+        let json_escaped = serde_json::to_string(secret).unwrap_or_default();
+        let json_escaped = json_escaped.trim_matches('"').to_owned();
+        let form_encoded: String = form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+        for form in [json_escaped.as_str(), form_encoded.as_str(), secret] {
+            if !form.is_empty() && text.contains(form) {
+                text = text.replace(form, "[redacted]");
+            }
         }
     }
 
@@ -287,6 +294,21 @@ mod tests {
         assert!(clean.contains("[redacted]"));
         assert!(!clean.chars().any(char::is_control));
         assert!(clean.chars().count() <= MAX_MESSAGE_LEN + 1);
+    }
+
+    #[test]
+    fn sanitize_redacts_escaped_forms() {
+        let secret = r#"p"q\w z&=x9Q"#;
+        let json_echo = format!("bad body: {}", serde_json::json!({ "password": secret }));
+        let form: String = form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+        let form_echo = format!("bad body: password={form}");
+
+        for echo in [json_echo, form_echo] {
+            let clean = sanitize_message(&echo, &[secret]);
+
+            assert!(clean.contains("[redacted]"), "{clean}");
+            assert!(!clean.contains("x9Q"), "{clean}");
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@ use http::Uri;
 use crate::Error;
 
 /// A scheme, host and port.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub(crate) struct Origin {
     scheme: Scheme,
     host: String,
@@ -27,6 +27,16 @@ enum Scheme {
 impl Origin {
     /// Reads the origin of an absolute `http` or `https` URL.
     pub(crate) fn parse(setting: &'static str, url: &Uri) -> Result<Origin, Error> {
+        if url
+            .authority()
+            .is_some_and(|authority| authority.as_str().contains('@'))
+        {
+            return Err(Error::config(
+                setting,
+                "the URL contains user information (`user:password@`); remove it, and pass \
+                 the API's credentials with `Credentials`",
+            ));
+        }
         let scheme = match url.scheme_str() {
             Some(scheme) if scheme.eq_ignore_ascii_case("https") => Scheme::Https,
             Some(scheme) if scheme.eq_ignore_ascii_case("http") => Scheme::Http,
@@ -91,6 +101,12 @@ impl Origin {
         scheme == self.scheme
             && port == self.port
             && trim_brackets(host).eq_ignore_ascii_case(&self.host)
+    }
+}
+
+impl fmt::Debug for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Origin({self})")
     }
 }
 
@@ -190,8 +206,8 @@ mod tests {
     }
 
     #[test]
-    fn rejects_other_schemes_and_relative() {
-        for url in ["ftp://host/x", "/relative"] {
+    fn rejects_other_schemes_relative_and_userinfo() {
+        for url in ["ftp://host/x", "/relative", "https://user:secret@host/api"] {
             let result = Origin::parse("base_url", &url.parse().unwrap());
 
             assert!(matches!(result, Err(Error::InvalidConfig { .. })), "{url}");

@@ -112,6 +112,11 @@ impl Token {
     }
 
     /// Returns what may be done with the token now; reads the clock only in CLOCK phases.
+    ///
+    /// NOTE: the phase moves only when the timer task runs. If every thread of its runtime
+    /// is blocked for longer than the safety margin, a request sent right after the block,
+    /// before the timer task runs, can carry a token that has just expired; the API's 401
+    /// then renews it and the request is replayed.
     #[inline]
     pub(crate) fn freshness(&self) -> Freshness {
         match self.phase.load(Ordering::Acquire) {

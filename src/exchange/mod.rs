@@ -192,6 +192,16 @@ pub(crate) fn seconds_field(
     field: &'static str,
     value: Option<&Value>,
 ) -> Result<Option<i64>, Error> {
+    if let Some(seconds) = value.and_then(Value::as_f64)
+        && seconds > 0.0
+        && seconds < 1.0
+    {
+        return Err(Error::invalid_reply(
+            endpoint,
+            field,
+            format!("must be at least one second, got {seconds}"),
+        ));
+    }
     let number = match value {
         None | Some(Value::Null) => return Ok(None),
         Some(Value::Number(number)) => number.as_i64().or_else(|| {

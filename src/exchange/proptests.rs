@@ -124,3 +124,30 @@ fn reply_at_the_cap_is_read() {
 
     read(200, bytes);
 }
+
+#[test]
+fn sub_second_lifetime_names_the_value() {
+    let url: http::Uri = "http://127.0.0.1:1/api/user/login".parse().unwrap();
+    let exchange = BigVisionExchange::new(url.clone(), url);
+    let body = json!({"success": true, "result": {"token": "t", "expires_in": 0.5}});
+    let reply = TokenReply::new(
+        StatusCode::OK,
+        HeaderMap::new(),
+        Bytes::from(body.to_string()),
+        vec![],
+    );
+
+    let error = exchange.parse_reply(Endpoint::Login, &reply).unwrap_err();
+
+    assert!(
+        matches!(
+            error,
+            Error::InvalidReply {
+                field: "expires_in",
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert!(error.to_string().contains("0.5"), "{error}");
+}
