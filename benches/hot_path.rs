@@ -56,6 +56,30 @@ fn hot_path(c: &mut Criterion) {
     group.bench_function("hand_written", |b| {
         b.iter(|| black_box(call(&mut hand, request())))
     });
+    #[cfg(feature = "redis")]
+    {
+        // The store points at a closed loopback port: the login falls back to a local fetch,
+        // and what is measured is the hot path of a layer that has a store attached.
+        let store = bigvision_auth::RedisTokenStore::from_url("redis://127.0.0.1:1")
+            .expect("valid URL")
+            .command_timeout(Duration::from_millis(50));
+        let with_store = bigvision_auth::BigVisionAuthLayer::builder(
+            memory_login(Duration::ZERO),
+            bigvision_auth::Credentials::new("bench", "bench"),
+        )
+        .base_url("https://bigvision.example/api")
+        .replay_body(NoReplay)
+        .token_store(store)
+        .build()
+        .expect("valid settings");
+        runtime
+            .block_on(with_store.handle().login())
+            .expect("login");
+        let mut ours_store = with_store.layer(Noop);
+        group.bench_function("bigvision_auth_no_replay_redis_store", |b| {
+            b.iter(|| black_box(call(&mut ours_store, request())))
+        });
+    }
     group.finish();
 
     let mut group = c.benchmark_group("contended");
