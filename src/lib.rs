@@ -126,7 +126,7 @@ pub use layer::{
 pub use replay::{CloneBody, NoReplay, ReplayBody};
 pub use retry::TokenRetryPolicy;
 pub use service::BigVisionAuth;
-pub use stats::AuthStats;
+pub use stats::{AuthStats, FailureCounts};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use store::RedisTokenStore;

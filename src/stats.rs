@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::Endpoint;
+use crate::{Endpoint, Error};
 
 /// The layer's counters, updated with relaxed atomics on the cold paths only.
 #[derive(Debug, Default)]
@@ -15,17 +15,33 @@ pub(crate) struct Counters {
     rejected_tokens: AtomicU64,
     replays: AtomicU64,
     fast_failures: AtomicU64,
+    rejected: AtomicU64,
+    unreachable: AtomicU64,
+    timed_out: AtomicU64,
+    unavailable: AtomicU64,
+    invalid_replies: AtomicU64,
 }
 
 impl Counters {
-    pub(crate) fn record_call(&self, endpoint: Endpoint, ok: bool) {
-        let counter = match (endpoint, ok) {
+    /// Counts one call of a token endpoint, and its failure by kind.
+    pub(crate) fn record_call(&self, endpoint: Endpoint, failure: Option<&Error>) {
+        let counter = match (endpoint, failure.is_none()) {
             (Endpoint::Login, true) => &self.logins,
             (Endpoint::Login, false) => &self.login_failures,
             (Endpoint::Refresh, true) => &self.refreshes,
             (Endpoint::Refresh, false) => &self.refresh_failures,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+
+        let kind = match failure {
+            None => return,
+            Some(Error::LoginRejected { .. } | Error::RefreshRejected { .. }) => &self.rejected,
+            Some(Error::Unreachable { .. }) => &self.unreachable,
+            Some(Error::TimedOut { .. }) => &self.timed_out,
+            Some(Error::Unavailable { .. }) => &self.unavailable,
+            Some(_) => &self.invalid_replies,
+        };
+        kind.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn record_rejected_token(&self) {
@@ -50,6 +66,13 @@ impl Counters {
             rejected_tokens: load(&self.rejected_tokens),
             replays: load(&self.replays),
             fast_failures: load(&self.fast_failures),
+            failures: FailureCounts {
+                rejected: load(&self.rejected),
+                unreachable: load(&self.unreachable),
+                timed_out: load(&self.timed_out),
+                unavailable: load(&self.unavailable),
+                invalid_replies: load(&self.invalid_replies),
+            },
             expires_in,
         }
     }
@@ -75,6 +98,25 @@ pub struct AuthStats {
     /// Requests failed at once with the last fetch's error while the layer waited out its
     /// backoff delay.
     pub fast_failures: u64,
+    /// Failed calls of either token endpoint, by kind.
+    pub failures: FailureCounts,
     /// The time left until the current token expires; `None` when no token is cached.
     pub expires_in: Option<Duration>,
+}
+
+/// Failed calls of the token endpoints by kind, part of [`AuthStats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct FailureCounts {
+    /// Rejected credentials or refresh tokens ([`Error::LoginRejected`],
+    /// [`Error::RefreshRejected`]).
+    pub rejected: u64,
+    /// Connection failures ([`Error::Unreachable`]).
+    pub unreachable: u64,
+    /// Calls past the fetch timeout ([`Error::TimedOut`]).
+    pub timed_out: u64,
+    /// HTTP 429 and 5xx replies ([`Error::Unavailable`]).
+    pub unavailable: u64,
+    /// Replies that could not be read ([`Error::InvalidReply`]).
+    pub invalid_replies: u64,
 }

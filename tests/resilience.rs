@@ -259,6 +259,8 @@ async fn transient_failures_back_off_and_fail_fast() {
     assert!(error_of(fast.into()).is_transient());
     assert_eq!(server.stats().login_calls, 3);
     assert_eq!(handle.stats().fast_failures, 1);
+    assert_eq!(handle.stats().failures.unavailable, 3);
+    assert_eq!(handle.stats().failures.rejected, 0);
 
     tokio::time::sleep(Duration::from_millis(1900)).await;
     let still_fast = send(&mut service, get(server.url("/ocr"))).await;
@@ -295,6 +297,7 @@ async fn wrong_password_is_not_retried() {
         .await
         .unwrap();
     let layer = builder(&server).build().unwrap();
+    let handle = layer.handle();
     let mut service = ServiceBuilder::new().layer(layer).service(client());
 
     for _ in 0..20 {
@@ -310,6 +313,7 @@ async fn wrong_password_is_not_retried() {
         .await
         .unwrap_err();
     assert_eq!(server.stats().login_calls, 2);
+    assert_eq!(handle.stats().failures.rejected, 2);
 }
 
 #[tokio::test(start_paused = true)]

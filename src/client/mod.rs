@@ -150,7 +150,7 @@ impl TokenClient {
                 .call_once(endpoint, refresh_token)
                 .instrument(span)
                 .await;
-            self.counters.record_call(endpoint, result.is_ok());
+            self.counters.record_call(endpoint, result.as_ref().err());
 
             let error = match result {
                 Ok(grant) => {
