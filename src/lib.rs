@@ -67,8 +67,9 @@
 //!   name; other requests pass through untouched. The header is marked sensitive. No
 //!   `Debug` output, error or log line contains the password or a token.
 //! - **Hot path.** With a usable token, a request costs one atomic load of the current
-//!   token, one of its phase (kept current by a timer task, so no clock read), and a
-//!   reference-count increment for the header: no lock. With [`NoReplay`] the layer makes no
+//!   token, one of its phase (kept current by a timer task, so no clock read), and a clone
+//!   of the calling thread's own copy of the header, so cores do not write a shared
+//!   reference count: no lock. With [`NoReplay`] the layer makes no
 //!   allocation of its own. The default [`CloneBody`] keeps a copy of the request for one
 //!   replay, and copying a request whose header map is not empty allocates.
 //!

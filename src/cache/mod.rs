@@ -6,7 +6,6 @@ mod token;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -133,7 +132,6 @@ pub(crate) struct Cache {
     fetcher: Box<dyn Fetcher>,
     window: RenewalWindow,
     counters: Arc<Counters>,
-    next_id: AtomicU64,
 }
 
 impl std::fmt::Debug for Cache {
@@ -157,7 +155,6 @@ impl Cache {
             fetcher,
             window,
             counters,
-            next_id: AtomicU64::new(1),
         }
     }
 
@@ -179,7 +176,7 @@ impl Cache {
             Freshness::RenewDue => self.renew_in_background(token),
             Freshness::Expired => return None,
         }
-        Some((token.header.clone(), token.id))
+        Some((token::thread_local_header(token), token.id))
     }
 
     /// Returns the slot of the current token, for [`arc_swap::Cache`]s in services.
@@ -391,7 +388,7 @@ impl Cache {
 
         match outcome.result {
             Ok(grant) => {
-                let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+                let id = token::next_token_id();
                 let token = Arc::new(Token::new(
                     id,
                     grant.header,

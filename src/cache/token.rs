@@ -1,7 +1,8 @@
 //! A cached access token, and the phase from which the hot path learns whether to send it.
 
+use std::cell::RefCell;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::HeaderValue;
@@ -189,6 +190,59 @@ impl Token {
     }
 }
 
+/// Returns an id no other token in this process has, so that ids from different layers
+/// never collide in [`thread_local_header`].
+pub(crate) fn next_token_id() -> u64 {
+    static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+thread_local! {
+    /// This thread's copies of the headers of the last two tokens it sent, by token id.
+    static HEADERS: RefCell<[(u64, Option<HeaderValue>); 2]> =
+        const { RefCell::new([(0, None), (0, None)]) };
+}
+
+/// Returns the token's `Authorization` header, cloned from this thread's own copy.
+///
+/// Cloning a header value increments a reference count in its buffer. With one buffer for
+/// all threads, every request on every core writes the same cache line; with a copy per
+/// thread, each core writes its own. The copy costs one allocation per thread per token.
+#[inline]
+pub(crate) fn thread_local_header(token: &Token) -> HeaderValue {
+    let local = HEADERS.try_with(|slots| {
+        if let (id, Some(header)) = &slots.borrow()[0]
+            && *id == token.id
+        {
+            return header.clone();
+        }
+        copy_header_for_thread(&mut slots.borrow_mut(), token)
+    });
+    // The thread-local is gone only while this thread is exiting.
+    local.unwrap_or_else(|_| token.header.clone())
+}
+
+/// Puts the token's header in this thread's first slot, from the second slot or as a new
+/// copy, and returns a clone of it.
+#[cold]
+fn copy_header_for_thread(
+    slots: &mut [(u64, Option<HeaderValue>); 2],
+    token: &Token,
+) -> HeaderValue {
+    slots.swap(0, 1);
+    if slots[0].0 != token.id || slots[0].1.is_none() {
+        let copy = match HeaderValue::from_bytes(token.header.as_bytes()) {
+            Ok(mut own) => {
+                own.set_sensitive(true);
+                own
+            }
+            Err(_) => token.header.clone(),
+        };
+        slots[0] = (token.id, Some(copy));
+    }
+    slots[0].1.clone().unwrap_or_else(|| token.header.clone())
+}
+
 /// Moves a token through its phases at its deadlines. Runs as a task; if the task is
 /// dropped before the end, the token falls back to the clock.
 pub(crate) async fn drive_phases(token: Arc<Token>) {
@@ -268,6 +322,33 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(96)).await;
 
         assert_eq!(token.freshness(), Freshness::Expired);
+    }
+
+    #[test]
+    fn thread_copies_follow_the_token() {
+        let tokens: Vec<Token> = ["Bearer a", "Bearer b", "Bearer c"]
+            .into_iter()
+            .map(|text| {
+                let header = HeaderValue::from_static(text);
+                let lifetime = Duration::from_secs(100);
+                Token::new(
+                    next_token_id(),
+                    header,
+                    Instant::now(),
+                    lifetime,
+                    RenewalWindow::DEFAULT,
+                )
+            })
+            .collect();
+
+        for round in 0..3 {
+            for token in &tokens {
+                let header = thread_local_header(token);
+
+                assert_eq!(header, token.header, "round {round}");
+                assert!(header.is_sensitive());
+            }
+        }
     }
 
     #[tokio::test(start_paused = true)]
