@@ -34,7 +34,7 @@ impl fmt::Display for Endpoint {
 /// downcast from it, so a retry policy can tell a transient failure of the token endpoint
 /// ([`Error::is_transient`]) from rejected credentials. No variant contains a password or a
 /// token: server messages are cut to [`MAX_MESSAGE_LEN`] characters, stripped of control
-/// characters, and any occurrence of a secret the layer knows is replaced.
+/// characters, and any occurrence of the password or a token is replaced.
 ///
 /// [`tower::BoxError`]: https://docs.rs/tower/0.5/tower/type.BoxError.html
 #[derive(Debug, Clone)]

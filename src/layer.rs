@@ -205,7 +205,7 @@ impl<P> Builder<P> {
     }
 
     /// Sets how many attempts one fetch makes when the token endpoint is unreachable, times
-    /// out or answers 429 or 5xx. Rejections are never retried. Default:
+    /// out or returns 429 or 5xx. Rejections are never retried. Default:
     /// [`DEFAULT_FETCH_ATTEMPTS`].
     pub fn fetch_attempts(mut self, attempts: u32) -> Self {
         self.fetch_attempts = attempts;
@@ -248,7 +248,7 @@ impl<P> Builder<P> {
     }
 
     /// Adds `Content-Type` with this value to API requests that have none, as the BigVision
-    /// API asks for `application/json` on every call. A request's own `Content-Type` is
+    /// API expects `application/json` on every call. A request's own `Content-Type` is
     /// never replaced. Default: none added.
     pub fn default_content_type(mut self, value: HeaderValue) -> Self {
         self.content_type = Some(value);

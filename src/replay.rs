@@ -5,7 +5,7 @@
 /// API rejected the first attempt's token.
 ///
 /// `http::Request` is not `Clone`, and a streaming body cannot be read twice, so the layer
-/// asks the policy for a copy of the body before it sends a request. A request whose body
+/// requests a copy of the body from the policy before it sends a request. A request whose body
 /// cannot be copied (the policy returns `None`) is not replayed: its caller gets the
 /// rejection, and the next request carries the new token.
 ///

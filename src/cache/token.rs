@@ -17,8 +17,8 @@ pub const DEFAULT_EXPIRY_MARGIN: Duration = Duration::from_secs(5);
 ///
 /// The default, a quarter of the token's lifetime, renews a 300-second BigVision token 75
 /// seconds before it expires. A fixed window of minutes would make such a token due for
-/// renewal as soon as it arrives; a few seconds would leave no time for a slow endpoint, a
-/// timeout and a retry or two before requests have to wait. A window that is a share of the
+/// renewal as soon as it arrives. A window of a few seconds would leave no time for a slow
+/// endpoint, a timeout and a retry or two before requests have to wait. A window that is a share of the
 /// lifetime fits tokens of any length.
 ///
 /// Whatever the window, a token is never due for renewal before a tenth of its lifetime has
@@ -73,7 +73,7 @@ pub(crate) enum Freshness {
 
 /// An access token with its `Authorization` header and its deadlines.
 ///
-/// Aligned to 128 bytes so that no other allocation shares its cache lines: every core reads
+/// Aligned to 128 bytes so that no other allocation shares its cache lines. Every core reads
 /// the phase and the header on every request, and a neighbour written by another core (such
 /// as the reference count of some other buffer) would make those reads miss.
 #[derive(Debug)]
@@ -121,8 +121,8 @@ impl Token {
     ///
     /// NOTE: the phase moves only when the timer task runs. If every thread of its runtime
     /// is blocked for longer than the safety margin, a request sent right after the block,
-    /// before the timer task runs, can carry a token that has just expired; the API's 401
-    /// then renews it and the request is replayed.
+    /// before the timer task runs, can carry a token that has just expired. The API's 401
+    /// then renews it, and the request is replayed.
     #[inline]
     pub(crate) fn freshness(&self) -> Freshness {
         match self.phase.load(Ordering::Acquire) {
@@ -206,7 +206,7 @@ thread_local! {
 /// Returns the token's `Authorization` header, cloned from this thread's own copy.
 ///
 /// Cloning a header value increments a reference count in its buffer. With one buffer for
-/// all threads, every request on every core writes the same cache line; with a copy per
+/// all threads, every request on every core writes the same cache line. With a copy per
 /// thread, each core writes its own. The copy costs one allocation per thread per token.
 #[inline]
 pub(crate) fn thread_local_header(token: &Token) -> HeaderValue {

@@ -8,7 +8,7 @@
 //!
 //! The layer does the rest of the work around an exchange: it caps reply bodies at
 //! [`MAX_REPLY_BYTES`](crate::MAX_REPLY_BYTES), maps HTTP 429 and 5xx to
-//! [`Error::Unavailable`] before the exchange sees the reply, retries transient failures,
+//! [`Error::Unavailable`] before the exchange reads the reply, retries transient failures,
 //! checks the token's bytes and turns `expires_in` into a deadline.
 
 mod bigvision;
