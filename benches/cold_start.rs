@@ -1,5 +1,5 @@
 //! 10,000 concurrent requests on an empty token cache, with a login service that replies
-//! after 50 ms: the time until the last request is answered, and the number of logins.
+//! after 50 ms: the time until the last request gets its response, and the number of logins.
 
 mod support;
 
@@ -15,14 +15,6 @@ use tower::{Layer, ServiceExt};
 const REQUESTS: usize = 10_000;
 const LOGIN_LATENCY: Duration = Duration::from_millis(50);
 
-fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
 /// One cold start, timed from the spawn of the first request.
 struct ColdStart {
     first_answered: Duration,
@@ -32,7 +24,7 @@ struct ColdStart {
 
 /// Sends [`REQUESTS`] requests at once, each as a task of its own on a clone of a new
 /// layer's service, and waits for all of them. The inner service returns its response at once, so
-/// a request is answered as soon as it is sent with the token.
+/// a request gets its response as soon as it is sent with the token.
 fn cold_start(runtime: &Runtime) -> ColdStart {
     let login = Counted::new(memory_login(LOGIN_LATENCY));
     let login_calls = login.calls();

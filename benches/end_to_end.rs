@@ -2,6 +2,8 @@
 //! layer and with a fixed token that tower-http's `AddAuthorization` sets: the layer's share
 //! of the round trip.
 
+mod support;
+
 use std::time::{Duration, Instant};
 
 use bigvision_auth::mock::MockServer;
@@ -81,11 +83,7 @@ where
 }
 
 fn end_to_end(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = support::runtime();
     let _entered = runtime.enter();
     let server = runtime
         .block_on(MockServer::start())

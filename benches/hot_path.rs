@@ -12,14 +12,6 @@ use support::*;
 use tower::Layer;
 use tower_http::auth::AddAuthorizationLayer;
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
 fn hot_path(c: &mut Criterion) {
     let runtime = runtime();
     let _entered = runtime.enter();

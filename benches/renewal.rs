@@ -169,11 +169,7 @@ fn print_percentiles(label: &str, latencies: &mut [u32]) {
 }
 
 fn renewal(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = support::runtime();
     // A renewal is spawned on the runtime of the request that finds the token due, so the
     // requests must be sent from inside the runtime's context.
     let _entered = runtime.enter();

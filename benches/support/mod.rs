@@ -23,7 +23,7 @@ use tower::{BoxError, Service};
 pub const API_URL: &str = "https://bigvision.example/api/ocr";
 pub const TOKEN: &str = "eyJhbGciOiJSUzI1NiJ9.eyJleHAiOjE3MDAwMDAzMDB9.c2lnbmF0dXJlc2lnbmF0dXJl";
 
-/// The inner service: answers every request at once with an empty response.
+/// The inner service, which returns an empty response to every request at once.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Noop;
 
@@ -41,7 +41,7 @@ impl<B> Service<Request<B>> for Noop {
     }
 }
 
-/// A login service that answers from memory with a token that lives an hour, after
+/// Returns a login service that replies from memory with a token that lives an hour, after
 /// `latency`.
 pub fn memory_login(
     latency: Duration,
@@ -198,7 +198,7 @@ where
     S: Service<Request<B>>,
     S::Error: std::fmt::Debug,
 {
-    // Every service in the hot-path benches is ready at once and answers at once, so one
+    // Every service in the hot-path benches is ready at once and replies at once, so one
     // poll with a no-op waker suffices; anything else falls back to the parking executor.
     let mut cx = Context::from_waker(Waker::noop());
     if let Poll::Ready(ready) = service.poll_ready(&mut cx) {
@@ -215,4 +215,13 @@ where
             .expect("ready");
         service.call(request).await.expect("response")
     })
+}
+
+/// Builds the multi-thread runtime every bench runs on: two workers, one per core here.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
 }

@@ -135,15 +135,13 @@ impl Connection {
         key: &str,
         fingerprint: &str,
     ) -> Result<bool, StoreError> {
-        let mut manager = self.manager().await?;
-        let deleted: i64 = self
-            .bounded("EVALSHA delete_if_current", async {
-                self.delete_if_current
-                    .key(key)
-                    .arg(fingerprint)
-                    .invoke_async(&mut manager)
-                    .await
-            })
+        let deleted = self
+            .run_script(
+                "EVALSHA delete_if_current",
+                &self.delete_if_current,
+                key,
+                &[fingerprint],
+            )
             .await?;
         Ok(deleted == 1)
     }
@@ -179,33 +177,42 @@ impl Connection {
         owner: &str,
         lifetime: Duration,
     ) -> Result<bool, StoreError> {
-        let mut manager = self.manager().await?;
-        let extended: i64 = self
-            .bounded("EVALSHA extend_lock", async {
-                self.extend_lock
-                    .key(key)
-                    .arg(owner)
-                    .arg(lifetime.as_millis() as u64)
-                    .invoke_async(&mut manager)
-                    .await
-            })
+        let millis = lifetime.as_millis().to_string();
+        let extended = self
+            .run_script(
+                "EVALSHA extend_lock",
+                &self.extend_lock,
+                key,
+                &[owner, &millis],
+            )
             .await?;
         Ok(extended == 1)
     }
 
     /// Deletes the lock at `key` if `owner` still holds it.
     pub(super) async fn release_lock(&self, key: &str, owner: &str) -> Result<(), StoreError> {
-        let mut manager = self.manager().await?;
-        let _: i64 = self
-            .bounded("EVALSHA release_lock", async {
-                self.release_lock
-                    .key(key)
-                    .arg(owner)
-                    .invoke_async(&mut manager)
-                    .await
-            })
+        self.run_script("EVALSHA release_lock", &self.release_lock, key, &[owner])
             .await?;
         Ok(())
+    }
+
+    /// Runs one of the compare-then-act scripts on `key` and returns its integer reply.
+    async fn run_script(
+        &self,
+        command: &'static str,
+        script: &Script,
+        key: &str,
+        args: &[&str],
+    ) -> Result<i64, StoreError> {
+        let mut manager = self.manager().await?;
+        self.bounded(command, async {
+            let mut invocation = script.key(key);
+            for arg in args {
+                invocation.arg(*arg);
+            }
+            invocation.invoke_async(&mut manager).await
+        })
+        .await
     }
 
     async fn manager(&self) -> Result<ConnectionManager, StoreError> {
