@@ -33,7 +33,7 @@ struct AppState {
     ocr_url: String,
 }
 
-/// Forwards the request body to the API's OCR endpoint and returns its answer.
+/// Forwards the request body to the API's OCR endpoint and returns its response.
 async fn forward_document(State(state): State<AppState>, document: Bytes) -> (StatusCode, String) {
     let request = Request::post(&state.ocr_url)
         .header("content-type", "application/json")

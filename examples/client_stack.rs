@@ -7,7 +7,7 @@
 //!
 //! The mock's login endpoint fails twice with 503 at first. Each fetch makes one attempt
 //! here, so the first requests fail with a transient token error, and the retry layer sends
-//! them again once the endpoint answers.
+//! them again once the endpoint recovers.
 
 use std::time::Duration;
 

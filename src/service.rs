@@ -24,7 +24,7 @@ use crate::{BoxError, Error};
 ///
 /// `poll_ready` reports the inner service's readiness. When a request must wait for a
 /// token, the service that was polled ready moves into the response future and a clone
-/// stays behind, so a readiness slot (a concurrency-limit permit, say) is held while the
+/// stays behind. So a readiness slot (a concurrency-limit permit, say) is held while the
 /// request waits for the login.
 pub struct BigVisionAuth<S, P = CloneBody> {
     inner: S,

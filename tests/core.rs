@@ -690,7 +690,7 @@ async fn own_authorization_header_is_kept() {
 
     let response = send(&service, request).await.unwrap();
 
-    // The mock never issued `caller-token`, so it answers 401; the layer passes that on.
+    // The mock never issued `caller-token`, so it returns 401; the layer passes that on.
     assert_eq!(response.status(), 401);
     assert_eq!(api_tokens(&server), [Some("caller-token".to_owned())]);
     assert_eq!(server.stats().login_calls, 0);

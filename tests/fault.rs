@@ -1,4 +1,4 @@
-//! A long run with concurrency while the token endpoints restart, answer HTML 502s, stall,
+//! A long run with concurrency while the token endpoints restart, reply with HTML 502s, stall,
 //! and every token is revoked.
 
 mod common;
@@ -25,8 +25,8 @@ const BACKOFF: Backoff = Backoff {
     jitter: false,
 };
 
-/// Outages of the token endpoints: (start, length, fault). A stall holds each attempt for
-/// the fetch timeout.
+/// Outages of the token endpoints: (start, length, fault). A stall keeps each attempt
+/// waiting for the fetch timeout.
 fn outages() -> Vec<(Duration, Duration, Fault)> {
     vec![
         (Duration::from_secs(8), Duration::from_secs(5), Fault::Close),
@@ -50,7 +50,7 @@ fn outages() -> Vec<(Duration, Duration, Fault)> {
 
 const REVOKE_AT: Duration = Duration::from_secs(38);
 
-/// The most attempts a failure streak can make in an outage of `length`: the first attempt,
+/// Returns the maximum number of attempts a failure streak can make in an outage of `length`: the first attempt,
 /// then one per backoff step that fits in the outage, each step also waiting out a fetch
 /// timeout when attempts stall. One more attempt ends the streak after the outage.
 fn attempts_in_outage(length: Duration) -> u64 {

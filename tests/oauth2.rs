@@ -1,5 +1,5 @@
 //! The OAuth 2.0 password and refresh-token exchange against a token endpoint on loopback
-//! that answers as Keycloak does.
+//! that replies as Keycloak does.
 
 mod common;
 

@@ -510,7 +510,7 @@ fn fetch_lost_with_its_runtime_is_started_again() {
         .unwrap();
     let result = second_runtime.block_on(handle.login());
 
-    // The first login reached the server, but its answer was lost with the runtime.
+    // The first login reached the server, but its reply was lost with the runtime.
     assert!(result.is_ok(), "{result:?}");
     assert_eq!(server.stats().login_calls, 2);
     drop(mock_runtime);

@@ -129,7 +129,7 @@ async fn no_secret_in_logs_errors_or_debug() {
         status(&mut service, server.url("/ocr")).await.unwrap(),
         StatusCode::OK
     );
-    // A refresh in the background, then a revocation answered by a replay.
+    // A refresh in the background, then a revocation followed by a replay.
     tokio::time::sleep(Duration::from_secs(31)).await;
     status(&mut service, server.url("/ocr")).await.unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;

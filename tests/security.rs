@@ -66,7 +66,7 @@ fn redirect(location: &str) -> Response<Full<Bytes>> {
         .unwrap()
 }
 
-/// A layer whose API origin is the redirector, logging in at the mock.
+/// Builds a layer whose API origin is the redirector and which logs in at the mock.
 fn redirector_layer(redirector: &Redirector, mock: &MockServer) -> BigVisionAuthLayer {
     let exchange = BigVisionExchange::new(
         mock.url("/user/login").parse().unwrap(),
@@ -80,7 +80,7 @@ fn redirector_layer(redirector: &Redirector, mock: &MockServer) -> BigVisionAuth
 }
 
 #[tokio::test]
-async fn redirect_away_never_carries_token_with_follow_redirect_outside() {
+async fn redirect_outside_drops_token() {
     let mock = MockServer::start().await.unwrap();
     let capture = MockServer::start().await.unwrap();
     let redirector = start_redirector(capture.url("/capture")).await;
@@ -107,7 +107,7 @@ async fn redirect_away_never_carries_token_with_follow_redirect_outside() {
 }
 
 #[tokio::test]
-async fn redirect_away_never_carries_token_with_follow_redirect_inside() {
+async fn redirect_inside_drops_token() {
     let mock = MockServer::start().await.unwrap();
     let capture = MockServer::start().await.unwrap();
     let redirector = start_redirector(capture.url("/capture")).await;

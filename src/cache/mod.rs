@@ -447,7 +447,7 @@ impl Cache {
 
 /// Clears the fetch in flight when its task ends without storing an outcome. After a panic
 /// it also records a failure, so that a fetch that always panics is retried with a delay
-/// rather than once per request; after a runtime shutdown the next request simply starts
+/// rather than once per request. After a runtime shutdown the next request simply starts
 /// a new fetch.
 struct UnfinishedFetch(Option<Arc<Cache>>);
 

@@ -19,7 +19,7 @@ pub(crate) const ISSUER: &str = "mock-bigvision";
 /// two mock servers issue the same token.
 static NEXT_JTI: AtomicU64 = AtomicU64::new(1);
 
-/// Which of the two token types to encode.
+/// The kind of token to encode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum TokenKind {
     /// Access token: RS256 header, `typ` claim `"Bearer"`.

@@ -20,7 +20,7 @@ pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
 pub const USERNAME: &str = "demo";
 pub const PASSWORD: &str = "demo-password";
 
-/// The longest a single request may take in a test before it counts as hung. With the
+/// The maximum time a single request may take in a test before it counts as hung. With the
 /// clock paused, a hung request makes the runtime jump to this deadline at once.
 pub const HANG_LIMIT: Duration = Duration::from_secs(3600);
 
@@ -30,12 +30,12 @@ pub fn client() -> HttpClient {
         .build_http()
 }
 
-/// A builder pointed at the mock, with exact (jitter-free) backoff.
+/// Returns a builder pointed at the mock, with exact (jitter-free) backoff.
 pub fn builder(server: &MockServer) -> Builder {
     builder_with_credentials(server, Credentials::new(USERNAME, PASSWORD))
 }
 
-/// A builder pointed at the mock that logs in with `credentials`, with exact backoff.
+/// Returns a builder pointed at the mock that logs in with `credentials`, with exact backoff.
 pub fn builder_with_credentials(server: &MockServer, credentials: Credentials) -> Builder {
     BigVisionAuthLayer::builder(client(), credentials)
         .base_url(server.base_url())
@@ -69,7 +69,7 @@ where
         .expect("request did not finish within the hang limit")
 }
 
-/// The bearer tokens of the protected API calls the mock received, oldest first.
+/// Returns the bearer tokens of the protected API calls the mock received, oldest first.
 pub fn api_tokens(server: &MockServer) -> Vec<Option<String>> {
     server
         .api_calls()
