@@ -1,9 +1,12 @@
 //! The cost of one request with a warm token, against the floor (a fixed sensitive header)
-//! and a hand-written alternative; single-threaded and from both cores at once.
+//! and a hand-written alternative: from one thread, and from two threads pinned to two
+//! cores. With `--bench`, the two-thread variants also run in interleaved rounds, and the
+//! medians of their per-round ratios are printed.
 
 mod support;
 
 use std::hint::black_box;
+use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use bigvision_auth::NoReplay;
@@ -75,10 +78,11 @@ fn hot_path(c: &mut Criterion) {
     group.finish();
 
     let mut group = c.benchmark_group("contended");
+    let floor = AddAuthorizationLayer::bearer(TOKEN)
+        .as_sensitive(true)
+        .layer(Noop);
+    let hand = HandWritten::new(Noop);
     group.bench_function("add_authorization", |b| {
-        let floor = AddAuthorizationLayer::bearer(TOKEN)
-            .as_sensitive(true)
-            .layer(Noop);
         b.iter_custom(|iters| on_both_cores(iters, || floor.clone()))
     });
     group.bench_function("bigvision_auth_no_replay", |b| {
@@ -88,32 +92,158 @@ fn hot_path(c: &mut Criterion) {
         b.iter_custom(|iters| on_both_cores(iters, || auth.layer(Noop)))
     });
     group.bench_function("hand_written", |b| {
-        let hand = HandWritten::new(Noop);
         b.iter_custom(|iters| on_both_cores(iters, || hand.clone()))
     });
     group.finish();
+
+    if std::env::args().any(|arg| arg == "--bench") {
+        interleaved_rounds(
+            || floor.clone(),
+            || no_replay.layer(Noop),
+            || auth.layer(Noop),
+            || hand.clone(),
+        );
+    }
 }
 
-/// Sends `iters` requests from two threads, each with its own clone of the service, and
-/// returns the wall time; criterion divides it by `iters`, giving the inverse throughput.
+/// Threads that send requests at once, one per core of the machine the figures are for.
+const THREADS: usize = 2;
+/// Clones of the service each thread takes turns with.
+const CLONES_PER_THREAD: usize = 4;
+/// Rounds of the printed comparison.
+const ROUNDS: usize = 11;
+/// Requests per variant and round in the printed comparison.
+const ROUND_REQUESTS: u64 = 2_000_000;
+
+/// Sends `iters` requests from [`THREADS`] threads, each pinned to its own core and taking
+/// turns with [`CLONES_PER_THREAD`] clones of the service, and returns the wall time from
+/// the first thread's start to the last thread's end. Criterion divides it by `iters`,
+/// giving the inverse of the throughput.
 fn on_both_cores<S, F>(iters: u64, make: F) -> Duration
 where
     F: Fn() -> S,
     S: tower::Service<http::Request<http_body_util::Full<bytes::Bytes>>> + Send,
     S::Error: std::fmt::Debug,
 {
-    let services = [make(), make()];
-    let started = Instant::now();
-    std::thread::scope(|scope| {
-        for mut service in services {
-            scope.spawn(move || {
-                for _ in 0..iters / 2 {
-                    black_box(call(&mut service, request()));
-                }
-            });
-        }
+    let clones: Vec<Vec<S>> = (0..THREADS)
+        .map(|_| (0..CLONES_PER_THREAD).map(|_| make()).collect())
+        .collect();
+    let start = Barrier::new(THREADS);
+    let spans: Vec<(Instant, Instant)> = std::thread::scope(|scope| {
+        let threads: Vec<_> = clones
+            .into_iter()
+            .enumerate()
+            .map(|(core, mut services)| {
+                let start = &start;
+                scope.spawn(move || {
+                    pin_to_core(core);
+                    start.wait();
+                    let started = Instant::now();
+                    for turn in 0..iters / THREADS as u64 {
+                        let service = &mut services[turn as usize % CLONES_PER_THREAD];
+                        black_box(call(service, request()));
+                    }
+                    (started, Instant::now())
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|thread| thread.join().expect("bench thread"))
+            .collect()
     });
-    started.elapsed()
+    let first_start = spans.iter().map(|span| span.0).min().expect("threads ran");
+    let last_end = spans.iter().map(|span| span.1).max().expect("threads ran");
+    last_end - first_start
+}
+
+/// Pins the calling thread to one core, so that the threads of a contended run neither
+/// share a core nor move between cores during it. Where that fails, the thread runs
+/// unpinned and prints why.
+#[cfg(target_os = "linux")]
+fn pin_to_core(core: usize) {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    // SAFETY: `cpu_set_t` is plain data, and all zeroes is the empty set. `CPU_SET` indexes
+    // the set's array with a bounds check, and `sched_setaffinity` reads only the set.
+    let status = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(core % cores, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if status != 0 {
+        eprintln!(
+            "could not pin a bench thread to core {}: {}; it runs unpinned",
+            core % cores,
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn pin_to_core(_core: usize) {}
+
+/// Runs the contended variants one after another, round after round, and prints the median
+/// time per request of each and the medians of the per-round ratios. Load from elsewhere on
+/// the machine hits every variant of a round alike, so the ratios vary less than the times.
+fn interleaved_rounds<A, B, C, D>(
+    floor: impl Fn() -> A,
+    no_replay: impl Fn() -> B,
+    replay: impl Fn() -> C,
+    hand: impl Fn() -> D,
+) where
+    A: tower::Service<http::Request<http_body_util::Full<bytes::Bytes>>> + Send,
+    A::Error: std::fmt::Debug,
+    B: tower::Service<http::Request<http_body_util::Full<bytes::Bytes>>> + Send,
+    B::Error: std::fmt::Debug,
+    C: tower::Service<http::Request<http_body_util::Full<bytes::Bytes>>> + Send,
+    C::Error: std::fmt::Debug,
+    D: tower::Service<http::Request<http_body_util::Full<bytes::Bytes>>> + Send,
+    D::Error: std::fmt::Debug,
+{
+    // The hand-written layer is many times slower here, so it gets fewer requests and its
+    // turn takes about as long as the others'.
+    let hand_requests = ROUND_REQUESTS / 20;
+    let mut rounds = Vec::with_capacity(ROUNDS);
+    for _ in 0..ROUNDS {
+        let per_request = |time: Duration, count: u64| time.as_secs_f64() * 1e9 / count as f64;
+        rounds.push([
+            per_request(on_both_cores(ROUND_REQUESTS, &floor), ROUND_REQUESTS),
+            per_request(on_both_cores(ROUND_REQUESTS, &no_replay), ROUND_REQUESTS),
+            per_request(on_both_cores(ROUND_REQUESTS, &replay), ROUND_REQUESTS),
+            per_request(on_both_cores(hand_requests, &hand), hand_requests),
+        ]);
+    }
+    let median = |mut values: Vec<f64>| {
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    };
+    let column = |index: usize| median(rounds.iter().map(|round| round[index]).collect());
+    // Throughput relative to the floor is the floor's time divided by the variant's.
+    let ratio = |over: usize, under: usize| {
+        median(
+            rounds
+                .iter()
+                .map(|round| round[over] / round[under])
+                .collect(),
+        )
+    };
+    eprintln!(
+        "contended, {ROUNDS} interleaved rounds on {THREADS} pinned threads, median ns per \
+         request: add_authorization {:.1}, bigvision_auth_no_replay {:.1}, \
+         bigvision_auth_replay {:.1}, hand_written {:.1}",
+        column(0),
+        column(1),
+        column(2),
+        column(3),
+    );
+    eprintln!(
+        "contended, median of per-round throughput ratios: no_replay / floor {:.2}, \
+         replay / floor {:.2}, no_replay / hand_written {:.1}, replay / hand_written {:.1}",
+        ratio(0, 1),
+        ratio(0, 2),
+        ratio(3, 1),
+        ratio(3, 2),
+    );
 }
 
 criterion_group!(benches, hot_path);

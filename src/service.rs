@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::header::{AUTHORIZATION, CONTENT_TYPE};
-use http::{Request, Response};
+use http::{HeaderValue, Request, Response};
 use tower_service::Service;
 
-use crate::cache::Token;
+use crate::cache::{Token, thread_local_header};
 use crate::future::ResponseFuture;
 use crate::handle::{AuthHandle, AuthState};
 use crate::replay::{CloneBody, ReplayBody};
@@ -32,6 +32,10 @@ pub struct BigVisionAuth<S, P = CloneBody> {
     /// This clone's view of the current token: one atomic load per request, with no
     /// thread-local bookkeeping.
     tokens: arc_swap::Cache<TokenSlot, Option<Arc<Token>>>,
+    /// This clone's copy of the current token's header, with the token's id. A clone starts
+    /// without one and takes it from its thread's copy at its first request, so clones on
+    /// different threads do not share the reference count of one buffer.
+    header: Option<(u64, HeaderValue)>,
     replay: P,
 }
 
@@ -52,6 +56,7 @@ impl<S, P> BigVisionAuth<S, P> {
         BigVisionAuth {
             inner,
             tokens: arc_swap::Cache::new(TokenSlot(state.clone())),
+            header: None,
             state,
             replay,
         }
@@ -84,6 +89,7 @@ impl<S: Clone, P: Clone> Clone for BigVisionAuth<S, P> {
             inner: self.inner.clone(),
             state: self.state.clone(),
             tokens: self.tokens.clone(),
+            header: None,
             replay: self.replay.clone(),
         }
     }
@@ -132,37 +138,58 @@ where
                 .insert(CONTENT_TYPE, content_type.clone());
         }
 
+        let cache = self.state.cache();
         let token = self.tokens.load().as_deref();
-        match self.state.cache().hot_token(token) {
-            Some((header, token_id)) => {
-                // Copied before the header goes in: a replay sets its own, and a header map
-                // that is still empty clones without allocating.
-                let replay = self.replay_copy(&request);
-                request.headers_mut().insert(AUTHORIZATION, header);
-                let future = self.inner.call(request);
-                ResponseFuture::sent(future, token_id, self.state.state_ref(), replay)
-            }
-            None => {
-                let clone = self.inner.clone();
-                let ready = std::mem::replace(&mut self.inner, clone);
-                ResponseFuture::acquire(ready, request, self.state.clone(), self.replay.clone())
-            }
-        }
+        let Some(token) = token.filter(|token| cache.usable(token)) else {
+            let clone = self.inner.clone();
+            let ready = std::mem::replace(&mut self.inner, clone);
+            return ResponseFuture::acquire(
+                ready,
+                request,
+                self.state.clone(),
+                self.replay.clone(),
+            );
+        };
+        // Copied before the header goes in: a replay sets its own, and a header map that is
+        // still empty clones without allocating.
+        let replay = replay_copy(&self.state, &self.replay, &self.inner, &request);
+        let header = match &self.header {
+            Some((id, header)) if *id == token.id => header.clone(),
+            _ => take_header(&mut self.header, token),
+        };
+        let token_id = token.id;
+        request.headers_mut().insert(AUTHORIZATION, header);
+        let future = self.inner.call(request);
+        ResponseFuture::sent(future, token_id, self.state.state_ref(), replay)
     }
 }
 
-impl<S, P> BigVisionAuth<S, P> {
-    fn replay_copy<B>(&self, request: &Request<B>) -> Option<(S, Request<B>)>
-    where
-        S: Clone,
-        P: ReplayBody<B>,
-    {
-        if !self.state.replay {
-            return None;
-        }
-        let body = self.replay.clone_body(request.body())?;
-        Some((self.inner.clone(), copy_request(request, body)))
+/// Stores a copy of the token's header for this clone, taken from the thread's copy, and
+/// returns a second copy.
+#[cold]
+fn take_header(slot: &mut Option<(u64, HeaderValue)>, token: &Token) -> HeaderValue {
+    let header = thread_local_header(token);
+    *slot = Some((token.id, header.clone()));
+    header
+}
+
+/// Copies the request for a replay after a 401, if replays are on and the policy can copy
+/// its body.
+fn replay_copy<S, P, B>(
+    state: &AuthState,
+    policy: &P,
+    inner: &S,
+    request: &Request<B>,
+) -> Option<(S, Request<B>)>
+where
+    S: Clone,
+    P: ReplayBody<B>,
+{
+    if !state.replay {
+        return None;
     }
+    let body = policy.clone_body(request.body())?;
+    Some((inner.clone(), copy_request(request, body)))
 }
 
 /// Copies a request's head onto another body.

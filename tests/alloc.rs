@@ -250,10 +250,11 @@ fn service_and_future_sizes() {
         size_of::<Floor>()
     );
 
-    // An Arc on the shared state and an arc_swap::Cache (its slot and the loaded Arc).
+    // An Arc on the shared state, an arc_swap::Cache (its slot and the loaded Arc), and the
+    // clone's copy of the token's header with the token's id.
     assert_eq!(
         service,
-        3 * size_of::<usize>(),
+        3 * size_of::<usize>() + size_of::<Option<(u64, HeaderValue)>>(),
         "size of BigVisionAuth<Noop>"
     );
     // The largest state keeps the inner future, the token id, the state reference and the

@@ -12,7 +12,7 @@ use bigvision_auth::{AuthHandle, BigVisionAuth, BoxError, Credentials, Endpoint,
 use common::*;
 use serde_json::json;
 use tokio::time::Instant;
-use tower::{Layer, ServiceExt};
+use tower::{Layer, Service, ServiceExt};
 
 type AuthService = BigVisionAuth<HttpClient>;
 
@@ -219,6 +219,69 @@ async fn renewal_window_sends_old_token_while_refreshing() {
     let stats = handle.stats();
     assert_eq!(stats.logins, 1);
     assert_eq!(stats.refreshes, 1);
+}
+
+/// Sends one request through `service` itself, not through a clone of it.
+async fn send_through(service: &mut AuthService, server: &MockServer) -> http::StatusCode {
+    let ready = tokio::time::timeout(HANG_LIMIT, service.ready())
+        .await
+        .expect("service did not become ready within the hang limit")
+        .unwrap();
+    let response = tokio::time::timeout(HANG_LIMIT, ready.call(get(server.url("/ocr"))))
+        .await
+        .expect("request did not finish within the hang limit")
+        .unwrap();
+    response.status()
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_service_sends_each_new_token() {
+    let server = MockServer::builder()
+        .token_lifetime(Duration::from_secs(100))
+        .start()
+        .await
+        .unwrap();
+    let (mut service, handle) = start_layered(&server).await;
+
+    let mut statuses = Vec::new();
+    statuses.push(send_through(&mut service, &server).await);
+    for _ in 0..3 {
+        // In the renewal window: this request carries the old token and starts a refresh.
+        tokio::time::sleep(Duration::from_secs(80)).await;
+        statuses.push(send_through(&mut service, &server).await);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        statuses.push(send_through(&mut service, &server).await);
+    }
+    server.revoke_all();
+    statuses.push(send_through(&mut service, &server).await);
+    statuses.push(send_through(&mut service, &server).await);
+
+    assert!(statuses.iter().all(|status| *status == 200), "{statuses:?}");
+    let tokens = api_tokens(&server);
+    let tokens: Vec<&str> = tokens
+        .iter()
+        .map(|token| token.as_deref().unwrap())
+        .collect();
+    assert_eq!(tokens.len(), 10, "one call per request and one replay");
+    for cycle in 0..3 {
+        let (before, after) = (tokens[2 * cycle + 1], tokens[2 * cycle + 2]);
+        assert_eq!(
+            before,
+            tokens[2 * cycle],
+            "cycle {cycle}: renewal started early"
+        );
+        assert_ne!(
+            after, before,
+            "cycle {cycle}: the service kept the old token"
+        );
+    }
+    // After the revocation: the rejected call, its replay with a new token, then one more.
+    assert_eq!(tokens[7], tokens[6]);
+    assert_ne!(tokens[8], tokens[7]);
+    assert_eq!(tokens[9], tokens[8]);
+    let stats = handle.stats();
+    assert_eq!(stats.refreshes, 3);
+    assert_eq!(stats.logins, 2);
 }
 
 #[tokio::test(start_paused = true)]

@@ -17,7 +17,7 @@ use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
 
 pub use token::{DEFAULT_EXPIRY_MARGIN, RenewalWindow};
-pub(crate) use token::{Freshness, Token};
+pub(crate) use token::{Freshness, Token, thread_local_header};
 
 use crate::client::{Backoff, FetchOutcome};
 use crate::stats::Counters;
@@ -162,21 +162,18 @@ impl Cache {
         &self.counters
     }
 
-    /// Returns the current token's `Authorization` header and id when it may be sent now,
-    /// starting a background renewal when it is due. Takes no lock and, while the token's
-    /// timer runs, reads no clock.
+    /// Returns whether the token may be sent now, starting a background renewal when it is
+    /// due. Takes no lock and, while the token's timer runs, reads no clock.
     #[inline]
-    pub(crate) fn hot_token(
-        self: &Arc<Self>,
-        token: Option<&Token>,
-    ) -> Option<(http::HeaderValue, u64)> {
-        let token = token?;
+    pub(crate) fn usable(self: &Arc<Self>, token: &Token) -> bool {
         match token.freshness() {
-            Freshness::Fresh => {}
-            Freshness::RenewDue => self.renew_in_background(token),
-            Freshness::Expired => return None,
+            Freshness::Fresh => true,
+            Freshness::RenewDue => {
+                self.renew_in_background(token);
+                true
+            }
+            Freshness::Expired => false,
         }
-        Some((token::thread_local_header(token), token.id))
     }
 
     /// Returns the slot of the current token, for [`arc_swap::Cache`]s in services.
@@ -280,6 +277,7 @@ impl Cache {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    #[cold]
     fn renew_in_background(self: &Arc<Self>, token: &Token) {
         if !token.claim_renewal() {
             return;
