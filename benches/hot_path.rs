@@ -47,6 +47,13 @@ fn hot_path(c: &mut Criterion) {
     group.bench_function("bigvision_auth_replay", |b| {
         b.iter(|| black_box(call(&mut ours_replay, request())))
     });
+    // A retry layer outside the layer clones the service for every request it sends.
+    group.bench_function("add_authorization_clone_per_request", |b| {
+        b.iter(|| black_box(call(&mut floor.clone(), request())))
+    });
+    group.bench_function("bigvision_auth_no_replay_clone_per_request", |b| {
+        b.iter(|| black_box(call(&mut ours.clone(), request())))
+    });
     let mut hand = HandWritten::new(Noop);
     group.bench_function("hand_written", |b| {
         b.iter(|| black_box(call(&mut hand, request())))
