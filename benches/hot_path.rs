@@ -47,12 +47,28 @@ fn hot_path(c: &mut Criterion) {
     group.bench_function("bigvision_auth_replay", |b| {
         b.iter(|| black_box(call(&mut ours_replay, request())))
     });
-    // A retry layer outside the layer clones the service for every request it sends.
+    // A shared service used from many tasks is often cloned for each request, as in
+    // `service.clone().oneshot(request)`: the request goes through a new clone.
     group.bench_function("add_authorization_clone_per_request", |b| {
         b.iter(|| black_box(call(&mut floor.clone(), request())))
     });
     group.bench_function("bigvision_auth_no_replay_clone_per_request", |b| {
         b.iter(|| black_box(call(&mut ours.clone(), request())))
+    });
+    // tower's retry layer sends through its own service and keeps a clone of it for a retry.
+    group.bench_function("add_authorization_clone_held", |b| {
+        b.iter(|| {
+            let retry_copy = floor.clone();
+            black_box(call(&mut floor, request()));
+            drop(retry_copy)
+        })
+    });
+    group.bench_function("bigvision_auth_no_replay_clone_held", |b| {
+        b.iter(|| {
+            let retry_copy = ours.clone();
+            black_box(call(&mut ours, request()));
+            drop(retry_copy)
+        })
     });
     let mut hand = HandWritten::new(Noop);
     group.bench_function("hand_written", |b| {
@@ -103,7 +119,7 @@ fn hot_path(c: &mut Criterion) {
     });
     group.finish();
 
-    if std::env::args().any(|arg| arg == "--bench") {
+    if should_run_interleaved_rounds() {
         interleaved_rounds(
             || floor.clone(),
             || no_replay.layer(Noop),
@@ -111,6 +127,19 @@ fn hot_path(c: &mut Criterion) {
             || hand.clone(),
         );
     }
+}
+
+/// Returns whether to run the interleaved rounds: under `cargo bench`, unless a filter that
+/// excludes the contended group or `--list` was given.
+fn should_run_interleaved_rounds() -> bool {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let benching = args.iter().any(|arg| arg == "--bench");
+    let listing = args.iter().any(|arg| arg == "--list");
+    let filter = args.iter().find(|arg| !arg.starts_with('-'));
+    let filter_allows = filter.is_none_or(|filter| {
+        "contended/".contains(filter.as_str()) || filter.starts_with("contended")
+    });
+    benching && !listing && filter_allows
 }
 
 /// Threads that send requests at once, one per core of the machine the figures are for.
@@ -122,7 +151,7 @@ const ROUNDS: usize = 11;
 /// Requests per variant and round in the printed comparison.
 const ROUND_REQUESTS: u64 = 2_000_000;
 
-/// Sends `iters` requests from [`THREADS`] threads, each pinned to its own core and taking
+/// Sends `iters` requests from [`THREADS`] threads, each pinned to its own CPU and taking
 /// turns with [`CLONES_PER_THREAD`] clones of the service, and returns the wall time from
 /// the first thread's start to the last thread's end. Criterion divides it by `iters`,
 /// giving the inverse of the throughput.
@@ -132,6 +161,10 @@ where
     S: tower::Service<http::Request<http_body_util::Full<bytes::Bytes>>> + Send,
     S::Error: std::fmt::Debug,
 {
+    // The first thread also sends the remainder, so that exactly `iters` requests go out.
+    let share = iters / THREADS as u64;
+    let remainder = iters % THREADS as u64;
+    let cpus = bench_cpus();
     let clones: Vec<Vec<S>> = (0..THREADS)
         .map(|_| (0..CLONES_PER_THREAD).map(|_| make()).collect())
         .collect();
@@ -140,13 +173,17 @@ where
         let threads: Vec<_> = clones
             .into_iter()
             .enumerate()
-            .map(|(core, mut services)| {
+            .map(|(index, mut services)| {
                 let start = &start;
+                let cpu = cpus.get(index).copied();
+                let requests = if index == 0 { share + remainder } else { share };
                 scope.spawn(move || {
-                    pin_to_core(core);
+                    if let Some(cpu) = cpu {
+                        pin_to_cpu(cpu);
+                    }
                     start.wait();
                     let started = Instant::now();
-                    for turn in 0..iters / THREADS as u64 {
+                    for turn in 0..requests {
                         let service = &mut services[turn as usize % CLONES_PER_THREAD];
                         black_box(call(service, request()));
                     }
@@ -164,30 +201,64 @@ where
     last_end - first_start
 }
 
-/// Pins the calling thread to one core, so that the threads of a contended run neither
-/// share a core nor move between cores during it. Where that fails, the thread runs
-/// unpinned and prints why.
+/// Returns the CPUs to pin the bench threads to: the first [`THREADS`] of those this process
+/// may run on. When there are fewer, prints why once and returns none, so that the threads
+/// run unpinned.
 #[cfg(target_os = "linux")]
-fn pin_to_core(core: usize) {
-    let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    // SAFETY: `cpu_set_t` is plain data, and all zeroes is the empty set. `CPU_SET` indexes
-    // the set's array with a bounds check, and `sched_setaffinity` reads only the set.
+fn bench_cpus() -> Vec<usize> {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    // SAFETY: `cpu_set_t` is plain data, and all zeroes is the empty set. The size passed is
+    // the set's own, pid 0 is the calling thread, and `CPU_ISSET` indexes the set's array
+    // with a bounds check.
+    let allowed: Vec<usize> = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            Vec::new()
+        } else {
+            (0..libc::CPU_SETSIZE as usize)
+                .filter(|cpu| libc::CPU_ISSET(*cpu, &set))
+                .collect()
+        }
+    };
+    if allowed.len() < THREADS {
+        WARNED.call_once(|| {
+            eprintln!(
+                "only {} CPU(s) allowed for this process, fewer than the {THREADS} bench \
+                 threads: the contended figures come from unpinned threads",
+                allowed.len()
+            )
+        });
+        return Vec::new();
+    }
+    allowed[..THREADS].to_vec()
+}
+
+#[cfg(not(target_os = "linux"))]
+fn bench_cpus() -> Vec<usize> {
+    Vec::new()
+}
+
+/// Pins the calling thread to `cpu`, so that the threads of a contended run neither share a
+/// core nor move between cores during it. Where that fails, the thread runs unpinned and
+/// prints why.
+#[cfg(target_os = "linux")]
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: as in `bench_cpus`, and `sched_setaffinity` only reads the set.
     let status = unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(core % cores, &mut set);
+        libc::CPU_SET(cpu, &mut set);
         libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
     };
     if status != 0 {
         eprintln!(
-            "could not pin a bench thread to core {}: {}; it runs unpinned",
-            core % cores,
+            "could not pin a bench thread to CPU {cpu}: {}; it runs unpinned",
             std::io::Error::last_os_error()
         );
     }
 }
 
 #[cfg(not(target_os = "linux"))]
-fn pin_to_core(_core: usize) {}
+fn pin_to_cpu(_cpu: usize) {}
 
 /// Runs the contended variants one after another, round after round, and prints the median
 /// time per request of each and the medians of the per-round ratios. Load from elsewhere on
@@ -207,18 +278,25 @@ fn interleaved_rounds<A, B, C, D>(
     D: tower::Service<http::Request<http_body_util::Full<bytes::Bytes>>> + Send,
     D::Error: std::fmt::Debug,
 {
-    // The hand-written layer is many times slower here, so it gets fewer requests and its
-    // turn takes about as long as the others'.
-    let hand_requests = ROUND_REQUESTS / 20;
+    // The hand-written layer is 50 to 100 times slower here, so it gets fewer requests and
+    // its turn takes about as long as the others'.
+    let hand_requests = ROUND_REQUESTS / 100;
+    let per_request = |time: Duration, count: u64| time.as_secs_f64() * 1e9 / count as f64;
     let mut rounds = Vec::with_capacity(ROUNDS);
-    for _ in 0..ROUNDS {
-        let per_request = |time: Duration, count: u64| time.as_secs_f64() * 1e9 / count as f64;
-        rounds.push([
-            per_request(on_both_cores(ROUND_REQUESTS, &floor), ROUND_REQUESTS),
-            per_request(on_both_cores(ROUND_REQUESTS, &no_replay), ROUND_REQUESTS),
-            per_request(on_both_cores(ROUND_REQUESTS, &replay), ROUND_REQUESTS),
-            per_request(on_both_cores(hand_requests, &hand), hand_requests),
-        ]);
+    for round in 0..ROUNDS {
+        let mut times = [0.0; 4];
+        // Each round starts with a different variant, so that none always follows the
+        // hand-written layer's mutex contention.
+        for turn in 0..times.len() {
+            let variant = (round + turn) % times.len();
+            times[variant] = match variant {
+                0 => per_request(on_both_cores(ROUND_REQUESTS, &floor), ROUND_REQUESTS),
+                1 => per_request(on_both_cores(ROUND_REQUESTS, &no_replay), ROUND_REQUESTS),
+                2 => per_request(on_both_cores(ROUND_REQUESTS, &replay), ROUND_REQUESTS),
+                _ => per_request(on_both_cores(hand_requests, &hand), hand_requests),
+            };
+        }
+        rounds.push(times);
     }
     let median = |mut values: Vec<f64>| {
         values.sort_by(f64::total_cmp);
@@ -235,9 +313,14 @@ fn interleaved_rounds<A, B, C, D>(
         )
     };
     eprintln!(
-        "contended, {ROUNDS} interleaved rounds on {THREADS} pinned threads, median ns per \
+        "contended, {ROUNDS} interleaved rounds on {THREADS} threads ({}), median ns per \
          request: add_authorization {:.1}, bigvision_auth_no_replay {:.1}, \
          bigvision_auth_replay {:.1}, hand_written {:.1}",
+        if bench_cpus().is_empty() {
+            "unpinned"
+        } else {
+            "pinned"
+        },
         column(0),
         column(1),
         column(2),

@@ -68,8 +68,9 @@
 //!   `Debug` output, error or log line contains the password or a token.
 //! - **Hot path.** With a usable token, a request costs one atomic load of the current
 //!   token, one of its phase (kept current by a timer task, so no clock read), and a clone
-//!   of the service clone's own copy of the header, taken from a copy per thread, so cores
-//!   do not write a shared reference count: no lock. With [`NoReplay`] the layer makes no
+//!   of the service clone's own copy of the header, taken from a copy per thread, so
+//!   clones made for tasks on different cores do not write a shared reference count. No
+//!   lock is taken. With [`NoReplay`] the layer makes no
 //!   allocation of its own. The default [`CloneBody`] keeps a copy of the request for one
 //!   replay, and copying a request whose header map is not empty allocates.
 //!

@@ -33,8 +33,11 @@ pub struct BigVisionAuth<S, P = CloneBody> {
     /// thread-local bookkeeping.
     tokens: arc_swap::Cache<TokenSlot, Option<Arc<Token>>>,
     /// This clone's copy of the current token's header, with the token's id. A clone starts
-    /// without one and takes it from its thread's copy at its first request, so clones on
-    /// different threads do not share the reference count of one buffer.
+    /// without one and takes it from its thread's copy at its first request, so clones made
+    /// for tasks on different threads do not share the reference count of one buffer.
+    ///
+    /// NOTE: a clone that later moves to another thread (a task stolen by another tokio
+    /// worker) keeps the buffer of the thread where it took its copy, until the next token.
     header: Option<(u64, HeaderValue)>,
     replay: P,
 }
@@ -141,6 +144,9 @@ where
         let cache = self.state.cache();
         let token = self.tokens.load().as_deref();
         let Some(token) = token.filter(|token| cache.usable(token)) else {
+            // No usable token, so the header this clone last sent is rejected or expired.
+            // Keep no copy of it.
+            self.header = None;
             let clone = self.inner.clone();
             let ready = std::mem::replace(&mut self.inner, clone);
             return ResponseFuture::acquire(
@@ -165,8 +171,8 @@ where
 }
 
 /// Stores a copy of the token's header for this clone, taken from the thread's copy, and
-/// returns a second copy.
-#[cold]
+/// returns a second copy. Runs at a clone's first request and at its first request with
+/// each new token.
 fn take_header(slot: &mut Option<(u64, HeaderValue)>, token: &Token) -> HeaderValue {
     let header = thread_local_header(token);
     *slot = Some((token.id, header.clone()));

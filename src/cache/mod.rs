@@ -386,14 +386,7 @@ impl Cache {
 
         match outcome.result {
             Ok(grant) => {
-                let id = token::next_token_id();
-                let token = Arc::new(Token::new(
-                    id,
-                    grant.header,
-                    now,
-                    grant.lifetime,
-                    self.window,
-                ));
+                let token = Arc::new(Token::new(grant.header, now, grant.lifetime, self.window));
                 match grant.refresh_token {
                     Some(secret) => {
                         control.refresh_token = Some(RefreshToken {

@@ -74,8 +74,8 @@ pub(crate) enum Freshness {
 /// An access token with its `Authorization` header and its deadlines.
 ///
 /// Aligned to 128 bytes so that no other allocation shares its cache lines. Every core reads
-/// the phase and the header on every request, and a neighbour written by another core (such
-/// as the reference count of some other buffer) would make those reads miss.
+/// the phase and the id on every request, and a neighbour written by another core (such as
+/// the reference count of some other buffer) would make those reads miss.
 #[derive(Debug)]
 #[repr(align(128))]
 pub(crate) struct Token {
@@ -91,8 +91,8 @@ pub(crate) struct Token {
 }
 
 impl Token {
+    /// Makes a token with an id no other token in this process has.
     pub(crate) fn new(
-        id: u64,
         header: HeaderValue,
         received_at: Instant,
         lifetime: Duration,
@@ -108,7 +108,7 @@ impl Token {
             .max(earliest_renewal)
             .min(usable_until);
         Token {
-            id,
+            id: next_token_id(),
             header,
             renew_at,
             usable_until,
@@ -190,9 +190,10 @@ impl Token {
     }
 }
 
-/// Returns an id no other token in this process has, so that ids from different layers
-/// never collide in [`thread_local_header`].
-pub(crate) fn next_token_id() -> u64 {
+/// Returns an id no other token in this process has. The copies of a header, per thread in
+/// [`thread_local_header`] and per service clone, are found by this id, so ids from
+/// different layers must never collide.
+fn next_token_id() -> u64 {
     static NEXT_ID: AtomicU64 = AtomicU64::new(1);
     NEXT_ID.fetch_add(1, Ordering::Relaxed)
 }
@@ -270,7 +271,6 @@ mod tests {
     fn token(lifetime_secs: u64, window: RenewalWindow) -> Token {
         let header = HeaderValue::from_static("Bearer t");
         Token::new(
-            1,
             header,
             Instant::now(),
             Duration::from_secs(lifetime_secs),
@@ -331,13 +331,7 @@ mod tests {
             .map(|text| {
                 let header = HeaderValue::from_static(text);
                 let lifetime = Duration::from_secs(100);
-                Token::new(
-                    next_token_id(),
-                    header,
-                    Instant::now(),
-                    lifetime,
-                    RenewalWindow::DEFAULT,
-                )
+                Token::new(header, Instant::now(), lifetime, RenewalWindow::DEFAULT)
             })
             .collect();
 
@@ -380,7 +374,6 @@ mod timing_tests {
             let header = HeaderValue::from_static("Bearer t");
             let lifetime = Duration::from_millis(400);
             let token = Arc::new(Token::new(
-                1,
                 header,
                 Instant::now(),
                 lifetime,
