@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bigvision_auth::mock::{Fault, MockServer};
-use bigvision_auth::{BigVisionAuth, BigVisionAuthLayer, RedisTokenStore};
+use bigvision_auth::{Backoff, BigVisionAuth, BigVisionAuthLayer, RedisTokenStore};
 use common::HttpClient;
 use http::StatusCode;
 use sha2::{Digest, Sha256};
@@ -229,6 +229,83 @@ async fn fleet_logs_in_and_refreshes_once() {
 
     assert_all_ok(&after);
     assert_eq!(last_tokens(&server, services.len()).len(), 1);
+}
+
+/// Sends one request on each service and returns the results.
+async fn one_each(
+    services: &[Service],
+    server: &MockServer,
+) -> Vec<Result<StatusCode, bigvision_auth::Error>> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for service in services {
+        let service = service.clone();
+        let request = common::get(server.url("/ocr"));
+        tasks.spawn(async move { common::send(&service, request).await });
+    }
+    let mut results = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        results.push(joined.unwrap().map(|response| response.status()));
+    }
+    results
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failing_login_is_shared_by_fleet() {
+    let redis = RedisServer::start();
+    let server = MockServer::start().await.unwrap();
+    server.set_login_fault(Some(Fault::status(503)));
+    let backoff = Backoff::new(Duration::from_millis(400), Duration::from_secs(4)).without_jitter();
+    let services: Vec<Service> = (0..8)
+        .map(|_| {
+            let layer: BigVisionAuthLayer = common::builder(&server)
+                .backoff(backoff)
+                .fetch_attempts(1)
+                .token_store(store(&redis))
+                .build()
+                .unwrap();
+            layer.layer(common::client())
+        })
+        .collect();
+
+    let first = one_each(&services, &server).await;
+    let calls_after_first = server.stats().login_calls;
+    let during_backoff = one_each(&services, &server).await;
+    let calls_during_backoff = server.stats().login_calls;
+    // Past the first backoff (400 ms): one process calls again, and fails again.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let second = one_each(&services, &server).await;
+    let calls_after_second = server.stats().login_calls;
+    // The second failure in a row backs off for 800 ms across the fleet.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let still_backing_off = one_each(&services, &server).await;
+    let calls_still_backing_off = server.stats().login_calls;
+    server.set_login_fault(None);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let recovered = one_each(&services, &server).await;
+
+    for results in [&first, &during_backoff, &second, &still_backing_off] {
+        for result in results {
+            let error = result.as_ref().expect_err("login is failing");
+            assert!(
+                matches!(error, bigvision_auth::Error::Unavailable { status, .. } if *status == 503),
+                "{error:?}"
+            );
+        }
+    }
+    assert_eq!(calls_after_first, 1, "one login call for the whole fleet");
+    assert_eq!(calls_during_backoff, 1, "no login call during the backoff");
+    assert_eq!(calls_after_second, 2);
+    assert_eq!(
+        calls_still_backing_off, 2,
+        "the backoff grows across the fleet"
+    );
+    assert!(
+        recovered
+            .iter()
+            .all(|result| matches!(result, Ok(StatusCode::OK))),
+        "{recovered:?}"
+    );
+    assert_eq!(server.stats().login_calls, 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -128,6 +128,15 @@ impl Connection {
         .await
     }
 
+    /// Deletes `key`.
+    pub(super) async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        let mut manager = self.manager().await?;
+        self.bounded("DEL", async {
+            redis::cmd("DEL").arg(key).query_async(&mut manager).await
+        })
+        .await
+    }
+
     /// Deletes the token at `key` if its fingerprint is `fingerprint`; returns whether it
     /// did.
     pub(super) async fn delete_if_current(

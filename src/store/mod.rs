@@ -13,9 +13,13 @@
 //!    the lock. It extends the lock while its fetch runs, so a process that stops holding
 //!    it frees it within one lock lifetime. The others poll the shared token with backoff
 //!    until a new one appears or they can take the lock;
-//! 4. on any Redis error or timeout, fetches in this process as it would without Redis.
+//! 4. when the holder's fetch fails, stores the failure with a retry time from the count
+//!    of failures in a row across all processes. Until then, every process fails its fetch
+//!    with the same error at once, so the fleet calls a failing endpoint once per backoff;
+//! 5. on any Redis error or timeout, fetches in this process as it would without Redis.
 
 mod connection;
+mod failure;
 mod record;
 
 use std::fmt;
@@ -33,6 +37,7 @@ use crate::cache::{DEFAULT_EXPIRY_MARGIN, FetchRequest, Fetcher, RenewalWindow};
 use crate::client::{Backoff, CheckedGrant, FetchOutcome, FetchSettings, stored_grant};
 use crate::{Endpoint, Error};
 use connection::{Connection, StoreError};
+use failure::{StoredError, StoredFailure};
 use record::{Codec, StoredToken};
 
 /// Shares one BigVision token between processes through Redis; pass it to
@@ -41,7 +46,9 @@ use record::{Codec, StoredToken};
 /// Without a token store every process logs in and renews on its own. With one, the
 /// processes that use the same base URL and username share a token. One of them logs in
 /// or refreshes while the others wait for its result, so a fleet makes about as many
-/// token calls as a single process. Requests never wait on Redis while the process has a
+/// token calls as a single process. When that call fails, every process fails its
+/// requests with the same error until the shared backoff ends, so a fleet does not call
+/// a failing endpoint more often than a single process would. Requests never wait on Redis while the process has a
 /// usable token. When Redis is unreachable or slow, each process fetches its own tokens
 /// as it would without a store, logs one warning per outage, and shares again at its next
 /// renewal after Redis is back.
@@ -49,7 +56,10 @@ use record::{Codec, StoredToken};
 /// # What Redis stores
 ///
 /// The token lives at `<key prefix>:<hex SHA-256 of the base URL, a NUL byte and the
-/// username>`, and its lock at the same key with `:lock` appended. The password is never
+/// username>`, and its lock at the same key with `:lock` appended. After a failed login
+/// or refresh, `:failure` contains the error's kind, HTTP status and sanitized server
+/// message, the number of failures in a row and the time before which no process calls
+/// the endpoints again; the backoff grows with that number, as [`Backoff`] sets out. The password is never
 /// stored or hashed into the key. The value holds the access token, the refresh token and
 /// their expiry times as Unix milliseconds, and expires from Redis with the refresh token
 /// (with the access token when there is no refresh token or its lifetime is unknown).
@@ -243,6 +253,7 @@ impl RedisTokenStore {
 
         let key = record::token_key(&self.key_prefix, base_url, username);
         let lock_key = format!("{key}:lock");
+        let failure_key = format!("{key}:failure");
         // The maximum time a fetch can take: every attempt times out, with the maximum
         // backoff between attempts.
         let longest_fetch = fetch.timeout.saturating_mul(fetch.max_attempts)
@@ -256,6 +267,8 @@ impl RedisTokenStore {
             codec: Codec::new(self.encryption_key.as_deref()),
             key,
             lock_key,
+            failure_key,
+            failure_backoff: fetch.backoff,
             window,
             lock_lifetime: self.lock_lifetime,
             poll_backoff: self.poll_backoff,
@@ -264,6 +277,10 @@ impl RedisTokenStore {
     }
 }
 
+/// How long a shared failure stays in Redis after its retry time, so that a failure soon
+/// after continues the count of failures in a row.
+const FAILURE_MEMORY: Duration = Duration::from_secs(60);
+
 /// A [`Fetcher`] that shares tokens through Redis and falls back to `inner` alone.
 pub(crate) struct SharedFetcher {
     inner: Box<dyn Fetcher>,
@@ -271,6 +288,10 @@ pub(crate) struct SharedFetcher {
     codec: Codec,
     key: String,
     lock_key: String,
+    /// The key of the last failed fetch's [`StoredFailure`].
+    failure_key: String,
+    /// The backoff every process waits out after failed fetches, by the shared count.
+    failure_backoff: Backoff,
     window: RenewalWindow,
     lock_lifetime: Duration,
     poll_backoff: Backoff,
@@ -343,6 +364,9 @@ impl SharedFetcher {
             {
                 return Ok(outcome);
             }
+            if let Some(outcome) = self.shared_failure().await? {
+                return Ok(outcome);
+            }
             let owner = lock_owner();
             if self
                 .connection
@@ -396,6 +420,10 @@ impl SharedFetcher {
         {
             return outcome;
         }
+        // A fetch of another process may also have failed since.
+        if let Ok(Some(outcome)) = self.shared_failure().await {
+            return outcome;
+        }
 
         // A shared refresh token is the newest one: a rotating server has revoked the
         // one this process may hold.
@@ -425,8 +453,86 @@ impl SharedFetcher {
                     .map(|at| Duration::from_millis(at.saturating_sub(received_at_ms)));
             }
             self.write(grant, received_at_ms).await;
+            self.clear_failure().await;
+        } else if let Err(error) = &outcome.result {
+            outcome.retry_at = Some(self.share_failure(error, outcome.retry_at).await);
         }
         outcome
+    }
+
+    /// Returns the failure of another process's fetch while its backoff lasts, as this
+    /// process's outcome, so that the fleet calls a failing endpoint once per backoff.
+    async fn shared_failure(&self) -> Result<Option<FetchOutcome>, StoreError> {
+        let Some(failure) = self.read_failure().await? else {
+            return Ok(None);
+        };
+        let now_ms = record::now_unix_ms();
+        if now_ms >= failure.retry_at_ms {
+            return Ok(None);
+        }
+        let wait = Duration::from_millis(failure.retry_at_ms - now_ms);
+        tracing::debug!(
+            failures = failure.failures,
+            retry_in_ms = wait.as_millis() as u64,
+            "a token fetch failed in a process sharing the token, waiting out its backoff"
+        );
+        Ok(Some(FetchOutcome {
+            result: Err(failure.error.to_error()),
+            endpoint: failure.error.endpoint(),
+            refresh_rejected: false,
+            retry_at: Some(Instant::now() + wait),
+        }))
+    }
+
+    /// Shares a failed fetch and returns when the next fetch may start: after this
+    /// process's own delay or the backoff for the failures in a row across the fleet,
+    /// whichever is later.
+    async fn share_failure(&self, error: &Error, retry_at: Option<Instant>) -> Instant {
+        let now = Instant::now();
+        let own_delay = retry_at.map_or(Duration::ZERO, |at| at.saturating_duration_since(now));
+        let Some(error) = StoredError::from_error(error) else {
+            return now + own_delay;
+        };
+        let previous = self.read_failure().await.ok().flatten();
+        let failures = previous
+            .map_or(0, |failure| failure.failures)
+            .saturating_add(1);
+        let delay = own_delay.max(self.failure_backoff.delay(failures));
+        let failure = StoredFailure {
+            failures,
+            retry_at_ms: record::now_unix_ms() + delay.as_millis() as u64,
+            error,
+        };
+        match serde_json::to_vec(&failure) {
+            // Kept past its retry time, so that the next failure continues the count.
+            Ok(value) => {
+                let ttl = delay + FAILURE_MEMORY;
+                // A failure is logged by the connection; this process still backs off.
+                let _ = self.connection.set(&self.failure_key, &value, ttl).await;
+            }
+            Err(problem) => tracing::warn!(%problem, "token fetch failure not shared"),
+        }
+        now + delay
+    }
+
+    /// Reads the last shared failure; a value that cannot be decoded counts as missing.
+    async fn read_failure(&self) -> Result<Option<StoredFailure>, StoreError> {
+        let Some(value) = self.connection.get(&self.failure_key).await? else {
+            return Ok(None);
+        };
+        match serde_json::from_slice(&value) {
+            Ok(failure) => Ok(Some(failure)),
+            Err(problem) => {
+                tracing::warn!(%problem, "shared fetch failure in Redis is invalid, ignoring it");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Forgets the shared failures after a fetch succeeded.
+    async fn clear_failure(&self) {
+        // A failure is logged by the connection; the entry expires by itself.
+        let _ = self.connection.delete(&self.failure_key).await;
     }
 
     /// Runs `work` while extending the lock every third of its lifetime.
