@@ -15,6 +15,8 @@ mod bigvision;
 mod oauth2;
 #[cfg(test)]
 mod proptests;
+#[cfg(test)]
+mod tests;
 
 use std::fmt;
 
@@ -22,7 +24,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Request, StatusCode};
 use http_body_util::Full;
 use secrecy::{ExposeSecret, SecretString};
-use serde_json::Value;
+use serde_json::{Number, Value};
 
 pub use bigvision::BigVisionExchange;
 pub use oauth2::OAuth2PasswordExchange;
@@ -50,8 +52,13 @@ pub trait TokenExchange: fmt::Debug + Send + Sync + 'static {
     fn parse_reply(&self, endpoint: Endpoint, reply: &TokenReply) -> Result<TokenGrant, Error>;
 }
 
+/// The UTF-8 byte-order mark, which some servers write before a JSON body.
+const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+
 /// A reply of a token endpoint, read whole and capped in size.
-#[derive(Debug)]
+///
+/// Its `Debug` output shows the status, the header names and the body's length, but no header
+/// value or body byte, because those may contain tokens.
 pub struct TokenReply {
     /// The HTTP status.
     pub status: StatusCode,
@@ -77,7 +84,7 @@ impl TokenReply {
         }
     }
 
-    /// Parses the body as JSON.
+    /// Parses the body as JSON, skipping one leading UTF-8 byte-order mark.
     ///
     /// # Errors
     ///
@@ -91,7 +98,8 @@ impl TokenReply {
                 format!("is empty (status {})", self.status),
             ));
         }
-        serde_json::from_slice(&self.body).map_err(|error| {
+        // serde_json skips whitespace before the value but rejects a byte-order mark.
+        serde_json::from_slice(self.body_without_bom()).map_err(|error| {
             let content_type = self
                 .headers
                 .get(http::header::CONTENT_TYPE)
@@ -135,8 +143,13 @@ impl TokenReply {
         match from_json {
             Some(text) => self.message(&text),
             None if json.is_some() => String::new(),
-            None => self.message(&String::from_utf8_lossy(&self.body)),
+            None => self.message(&String::from_utf8_lossy(self.body_without_bom())),
         }
+    }
+
+    /// Returns the body without one leading UTF-8 byte-order mark.
+    fn body_without_bom(&self) -> &[u8] {
+        self.body.strip_prefix(UTF8_BOM).unwrap_or(&self.body)
     }
 
     /// Returns the rejection error that fits the endpoint.
@@ -151,6 +164,25 @@ impl TokenReply {
                 message,
             },
         }
+    }
+}
+
+impl fmt::Debug for TokenReply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenReply")
+            .field("status", &self.status)
+            .field("headers", &HeaderNames(&self.headers))
+            .field("body", &format!("<{} bytes>", self.body.len()))
+            .finish_non_exhaustive()
+    }
+}
+
+/// The names of a header map, for `Debug` output that leaves out the values.
+struct HeaderNames<'a>(&'a HeaderMap);
+
+impl fmt::Debug for HeaderNames<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.0.keys()).finish()
     }
 }
 
@@ -184,43 +216,88 @@ impl fmt::Debug for TokenGrant {
     }
 }
 
-/// Reads a lifetime in seconds from a JSON number or numeric string.
+/// Reads a lifetime in seconds from a JSON number or a string that contains one.
 ///
-/// Fractions are cut to whole seconds. Returns `Ok(None)` for a missing or `null` field.
+/// A string such as `"300"` or `"299.9"` is read as the number it contains, and both then
+/// follow the same rules. Fractions are cut to whole seconds, and a value between zero and one
+/// second is rejected. Values beyond the `i64` range are clamped to it, so the layer's caps
+/// apply. Returns `Ok(None)` for a missing or `null` field.
 pub(crate) fn seconds_field(
     endpoint: Endpoint,
     field: &'static str,
     value: Option<&Value>,
 ) -> Result<Option<i64>, Error> {
-    if let Some(seconds) = value.and_then(Value::as_f64)
-        && seconds > 0.0
-        && seconds < 1.0
-    {
+    let number = match value {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Number(number)) => number.clone(),
+        Some(Value::String(text)) => number_in_string(endpoint, field, text)?,
+        Some(_) => {
+            return Err(Error::invalid_reply(
+                endpoint,
+                field,
+                format!("is not a number of seconds: {}", describe_json(value)),
+            ));
+        }
+    };
+    whole_seconds(endpoint, field, &number).map(Some)
+}
+
+/// Reads the number in a string lifetime.
+///
+/// Whitespace around the number is trimmed, because it cannot change the value. The text
+/// follows Rust's `i64` and `f64` syntax, which also accepts forms that JSON does not, such as
+/// `+5` and `.5`. Errors give the string's length but not its text, in case a server put a
+/// token in the wrong field.
+fn number_in_string(endpoint: Endpoint, field: &'static str, text: &str) -> Result<Number, Error> {
+    let trimmed = text.trim();
+    if let Ok(whole) = trimmed.parse::<i64>() {
+        return Ok(Number::from(whole));
+    }
+
+    let length = text.chars().count();
+    let Ok(real) = trimmed.parse::<f64>() else {
+        return Err(Error::invalid_reply(
+            endpoint,
+            field,
+            format!("is not a number of seconds: string of {length} characters"),
+        ));
+    };
+    // `from_f64` rejects infinity, which `1e400` parses to, and NaN.
+    Number::from_f64(real).ok_or_else(|| {
+        Error::invalid_reply(
+            endpoint,
+            field,
+            format!("is not a finite number of seconds: string of {length} characters"),
+        )
+    })
+}
+
+/// Turns a JSON number into whole seconds.
+fn whole_seconds(endpoint: Endpoint, field: &'static str, number: &Number) -> Result<i64, Error> {
+    if let Some(whole) = number.as_i64() {
+        return Ok(whole);
+    }
+
+    let Some(seconds) = number.as_f64().filter(|seconds| seconds.is_finite()) else {
+        return Err(Error::invalid_reply(
+            endpoint,
+            field,
+            format!(
+                "is not a number of seconds: {}",
+                describe_json(Some(&Value::Number(number.clone())))
+            ),
+        ));
+    };
+    // Cutting a sub-second lifetime would give zero, which the layer rejects for `expires_in`
+    // and reads as unknown for `refresh_expires_in`.
+    if seconds > 0.0 && seconds < 1.0 {
         return Err(Error::invalid_reply(
             endpoint,
             field,
             format!("must be at least one second, got {seconds}"),
         ));
     }
-    let number = match value {
-        None | Some(Value::Null) => return Ok(None),
-        Some(Value::Number(number)) => number.as_i64().or_else(|| {
-            number
-                .as_f64()
-                .filter(|seconds| seconds.is_finite())
-                .map(|seconds| seconds.clamp(i64::MIN as f64, i64::MAX as f64) as i64)
-        }),
-        Some(Value::String(text)) => text.trim().parse::<i64>().ok(),
-        Some(_) => None,
-    };
-    match number {
-        Some(seconds) => Ok(Some(seconds)),
-        None => Err(Error::invalid_reply(
-            endpoint,
-            field,
-            format!("is not a number of seconds: {}", describe_json(value)),
-        )),
-    }
+    Ok(seconds.clamp(i64::MIN as f64, i64::MAX as f64) as i64)
 }
 
 /// Takes a token string out of a JSON field without copying it.
