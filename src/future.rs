@@ -12,7 +12,7 @@ use pin_project_lite::pin_project;
 use sync_wrapper::SyncFuture;
 use tower_service::Service;
 
-use crate::cache::{self, Acquire, Outcome};
+use crate::cache::{self, Acquire, Outcome, Token};
 use crate::handle::{AuthState, StateRef};
 use crate::replay::ReplayBody;
 use crate::service::copy_request;
@@ -59,9 +59,10 @@ pin_project! {
             state: StateRef,
             replay: Option<Replay<S, B>>,
         },
-        // A request waiting for a token; `service` was polled ready.
+        // A request waiting for a token, then for `service` to be ready.
         Acquiring {
             waiting: Option<Waiting>,
+            token: Option<Arc<Token>>,
             service: Option<S>,
             request: Option<Request<B>>,
             state: Arc<AuthState>,
@@ -127,6 +128,7 @@ where
         ResponseFuture {
             state: State::Acquiring {
                 waiting: None,
+                token: None,
                 service: Some(service),
                 request: Some(request),
                 state,
@@ -216,17 +218,28 @@ where
                 }
                 StateProj::Acquiring {
                     waiting,
+                    token,
                     service,
                     request,
                     state,
                     policy,
                 } => {
-                    let outcome = ready!(poll_token(waiting, state, cx));
-                    let token = match outcome {
-                        Ok(token) => token,
-                        Err(error) => return Poll::Ready(Err(error)),
+                    if token.is_none() {
+                        let outcome = ready!(poll_token(waiting, state, cx));
+                        *waiting = None;
+                        match outcome {
+                            Ok(new_token) => *token = Some(new_token),
+                            Err(error) => return Poll::Ready(Err(error)),
+                        }
+                    }
+                    // Polled ready only now that the token is here, so that no readiness
+                    // slot is held while the login runs: the login may need that slot.
+                    let Some(ready_service) = service.as_mut() else {
+                        return Poll::Ready(Err(polled_after_completion()));
                     };
-                    let (Some(mut service), Some(mut request)) = (service.take(), request.take())
+                    ready!(ready_service.poll_ready(cx)).map_err(Error::inner)?;
+                    let (Some(token), Some(mut service), Some(mut request)) =
+                        (token.take(), service.take(), request.take())
                     else {
                         return Poll::Ready(Err(polled_after_completion()));
                     };

@@ -57,17 +57,23 @@
 //! - **401 handling.** A response with the rejection status (401 by default) drops the
 //!   token it carried, if that token is still the current one, and starts one renewal.
 //!   The request is then sent once more with the new token, if its body can be re-created
-//!   (see [`ReplayBody`]); a rejection of the replay goes to the caller.
+//!   (see [`ReplayBody`]); a rejection of the replay goes to the caller. After the API
+//!   rejected a new token (younger than 10 s or a tenth of its lifetime), a rejection of
+//!   the next token is ignored until that token is older than a backoff that starts at
+//!   250 ms and doubles with each new token rejected in a row, up to 60 s. So a server that
+//!   rejects every token cannot cause a login per request.
 //! - **Failures.** Each login or refresh call has its own timeout. Transient failures
 //!   (unreachable, timed out, 429, 5xx) are retried with exponential backoff and jitter,
-//!   honouring `Retry-After`. After a failed fetch, requests that need a new token fail at
+//!   honouring `Retry-After`. A refresh that fails for any reason is followed at once by a
+//!   password login. After a failed fetch, requests that need a new token fail at
 //!   once with its typed [`Error`] until the backoff delay has passed; a failed background
 //!   renewal keeps the still-valid token in use.
 //! - **Secrets.** The token goes only to the base URL's origin and the extra origins you
 //!   name; other requests pass through untouched. The header is marked sensitive. No
 //!   `Debug` output, error or log line contains the password or a token.
-//! - **Hot path.** With a usable token, a request costs one atomic load of the current
-//!   token, one of its phase (kept current by a timer task, so no clock read), and a clone
+//! - **Hot path.** With a usable token, a request costs one atomic load of the count of
+//!   token changes, one of the token's phase (kept current by a timer task, so no clock
+//!   read), and a clone
 //!   of the service clone's own copy of the header, taken from a copy per thread, so
 //!   clones made for tasks on different cores do not write a shared reference count. No
 //!   lock is taken. With [`NoReplay`] the layer makes no

@@ -23,15 +23,18 @@ use crate::{BoxError, Error};
 /// # Readiness
 ///
 /// `poll_ready` reports the inner service's readiness. When a request must wait for a
-/// token, the service that was polled ready moves into the response future and a clone
-/// stays behind. So a readiness slot (a concurrency-limit permit, say) is held while the
-/// request waits for the login.
+/// token, the layer drops the service that was polled ready, which releases its readiness
+/// slot (a `Buffer` or concurrency-limit permit), and the response future polls a clone
+/// ready once the token is there. So the login can go through the same limited client as
+/// the API calls without waiting for a slot that a waiting request holds.
 pub struct BigVisionAuth<S, P = CloneBody> {
     inner: S,
     state: Arc<AuthState>,
-    /// This clone's view of the current token: one atomic load per request, with no
-    /// thread-local bookkeeping.
-    tokens: arc_swap::Cache<TokenSlot, Option<Arc<Token>>>,
+    /// The token this clone loaded last, and the cache's count of token changes at that
+    /// load. A request reads the count (one atomic load) and loads the token again only
+    /// when the count has moved.
+    token: Option<Arc<Token>>,
+    generation: u64,
     /// This clone's copy of the current token's header, with the token's id. A clone starts
     /// without one and takes it from its thread's copy at its first request, so clones made
     /// for tasks on different threads do not share the reference count of one buffer.
@@ -42,23 +45,16 @@ pub struct BigVisionAuth<S, P = CloneBody> {
     replay: P,
 }
 
-/// The shared token slot, as [`arc_swap::Cache`] wants it.
-#[derive(Clone)]
-struct TokenSlot(Arc<AuthState>);
-
-impl std::ops::Deref for TokenSlot {
-    type Target = arc_swap::ArcSwapOption<Token>;
-
-    fn deref(&self) -> &Self::Target {
-        self.0.cache().current()
-    }
-}
+/// A generation no cache reaches, so that a new service loads the token at its first
+/// request.
+const NOT_LOADED: u64 = u64::MAX;
 
 impl<S, P> BigVisionAuth<S, P> {
     pub(crate) fn new(inner: S, state: Arc<AuthState>, replay: P) -> Self {
         BigVisionAuth {
             inner,
-            tokens: arc_swap::Cache::new(TokenSlot(state.clone())),
+            token: None,
+            generation: NOT_LOADED,
             header: None,
             state,
             replay,
@@ -91,7 +87,8 @@ impl<S: Clone, P: Clone> Clone for BigVisionAuth<S, P> {
         BigVisionAuth {
             inner: self.inner.clone(),
             state: self.state.clone(),
-            tokens: self.tokens.clone(),
+            token: self.token.clone(),
+            generation: self.generation,
             header: None,
             replay: self.replay.clone(),
         }
@@ -142,15 +139,22 @@ where
         }
 
         let cache = self.state.cache();
-        let token = self.tokens.load().as_deref();
-        let Some(token) = token.filter(|token| cache.usable(token)) else {
+        let generation = cache.generation();
+        if generation != self.generation {
+            self.token = cache.load_current();
+            self.generation = generation;
+        }
+        let Some(token) = self.token.as_deref().filter(|token| cache.usable(token)) else {
             // No usable token, so the header this clone last sent is rejected or expired.
             // Keep no copy of it.
             self.header = None;
+            // Release the readiness slot that `poll_ready` reserved: the login may need it
+            // (a `Buffer` or `ConcurrencyLimit` shared with the login service). The response
+            // future polls a clone ready once the token is there.
             let clone = self.inner.clone();
-            let ready = std::mem::replace(&mut self.inner, clone);
+            drop(std::mem::replace(&mut self.inner, clone));
             return ResponseFuture::acquire(
-                ready,
+                self.inner.clone(),
                 request,
                 self.state.clone(),
                 self.replay.clone(),

@@ -79,7 +79,7 @@ async fn server_that_rejects_everything_is_not_stormed() {
     }
 
     // Fifty rejected requests in no time: the first rejection renews, the next ones within
-    // the rejection backoff (1 s, growing) keep the token.
+    // the rejection backoff (250 ms, growing) keep the token.
     let stats = server.stats();
     assert_eq!(stats.refresh_calls + stats.login_calls, 2);
 }
@@ -343,8 +343,14 @@ async fn failed_renewal_keeps_valid_token() {
         error_of(expired.unwrap_err().into()),
         Error::Unavailable { .. }
     ));
-    assert_eq!(server.stats().rejected, 0);
-    assert!(server.stats().refresh_calls >= 3);
+    let stats = server.stats();
+    assert_eq!(stats.rejected, 0);
+    // Each renewal tries the refresh once, then the login with its retries.
+    assert!(stats.refresh_calls >= 2, "{stats:?}");
+    assert!(
+        stats.login_calls >= 1 + 3 * stats.refresh_calls - 1,
+        "{stats:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -583,4 +589,252 @@ async fn panicking_login_is_retried_after_a_delay() {
     );
     assert!(after_delay.is_ok(), "{after_delay:?}");
     assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
+/// Sends a request every `every` for `total` and returns the statuses, or the error's text.
+async fn timeline<S>(
+    service: &mut S,
+    server: &MockServer,
+    every: Duration,
+    total: Duration,
+) -> Vec<Result<StatusCode, String>>
+where
+    S: Service<Request<Full<Bytes>>, Response = http::Response<hyper::body::Incoming>>,
+    S::Error: std::fmt::Display,
+{
+    let mut results = Vec::new();
+    let end = Instant::now() + total;
+    while Instant::now() < end {
+        tokio::time::sleep(every).await;
+        let result = send(service, get(server.url("/ocr"))).await;
+        results.push(
+            result
+                .map(|response| response.status())
+                .map_err(|error| error.to_string()),
+        );
+    }
+    results
+}
+
+fn failures(results: &[Result<StatusCode, String>]) -> Vec<&Result<StatusCode, String>> {
+    results
+        .iter()
+        .filter(|result| !matches!(result, Ok(StatusCode::OK)))
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn failing_refresh_falls_back_to_login() {
+    let server = MockServer::builder()
+        .token_lifetime(Duration::from_secs(100))
+        .start()
+        .await
+        .unwrap();
+    let layer = builder(&server).build().unwrap();
+    let mut service = ServiceBuilder::new().layer(layer).service(client());
+    send(&mut service, get(server.url("/ocr"))).await.unwrap();
+
+    server.set_refresh_fault(Some(Fault::status(500)));
+    let results = timeline(
+        &mut service,
+        &server,
+        Duration::from_secs(5),
+        Duration::from_secs(400),
+    )
+    .await;
+
+    assert!(failures(&results).is_empty(), "{:?}", failures(&results));
+    let stats = server.stats();
+    assert_eq!(stats.refreshes, 0);
+    assert!(stats.refresh_calls >= 4, "{stats:?}");
+    // Each failed refresh is followed by one login, and nothing else is called.
+    assert_eq!(stats.login_calls, 1 + stats.refresh_calls, "{stats:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn stalled_refresh_falls_back_to_login() {
+    let server = MockServer::builder()
+        .token_lifetime(Duration::from_secs(100))
+        .start()
+        .await
+        .unwrap();
+    let layer = builder(&server).build().unwrap();
+    let mut service = ServiceBuilder::new().layer(layer).service(client());
+    send(&mut service, get(server.url("/ocr"))).await.unwrap();
+
+    server.set_refresh_fault(Some(Fault::Stall));
+    let results = timeline(
+        &mut service,
+        &server,
+        Duration::from_secs(5),
+        Duration::from_secs(400),
+    )
+    .await;
+
+    assert!(failures(&results).is_empty(), "{:?}", failures(&results));
+    let stats = server.stats();
+    assert!(stats.refresh_calls >= 4, "{stats:?}");
+    assert_eq!(stats.login_calls, 1 + stats.refresh_calls, "{stats:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn tokens_ended_early_are_renewed_each_time() {
+    // The server ends each token after 30 s but says it lives 300 s.
+    let server = MockServer::builder()
+        .token_lifetime(Duration::from_secs(30))
+        .expires_in(ExpiresIn::Value(serde_json::json!(300)))
+        .start()
+        .await
+        .unwrap();
+    let layer = builder(&server).build().unwrap();
+    let mut service = ServiceBuilder::new().layer(layer).service(client());
+
+    let results = timeline(
+        &mut service,
+        &server,
+        Duration::from_secs(1),
+        Duration::from_secs(600),
+    )
+    .await;
+
+    // Every rejection renews the token and the request is replayed, so no caller sees it.
+    assert!(failures(&results).is_empty(), "{:?}", failures(&results));
+    let stats = server.stats();
+    assert!(stats.rejected >= 15, "{stats:?}");
+    assert!(
+        stats.logins + stats.refreshes <= stats.rejected + 1,
+        "{stats:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn quick_second_revocation_is_replayed() {
+    let server = MockServer::start().await.unwrap();
+    let layer = builder(&server).build().unwrap();
+    let mut service = ServiceBuilder::new().layer(layer).service(client());
+    send(&mut service, get(server.url("/ocr"))).await.unwrap();
+
+    server.revoke_all();
+    let first = send(&mut service, get(server.url("/ocr"))).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    server.revoke_all();
+    let second = send(&mut service, get(server.url("/ocr"))).await.unwrap();
+
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(second.status(), StatusCode::OK);
+    assert_eq!(server.stats().rejected, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn login_shares_concurrency_limit_with_requests() {
+    let server = MockServer::start().await.unwrap();
+    let limited = ServiceBuilder::new().concurrency_limit(2).service(client());
+    let layer = bigvision_auth::BigVisionAuthLayer::builder(
+        limited.clone(),
+        bigvision_auth::Credentials::new(USERNAME, PASSWORD),
+    )
+    .base_url(server.base_url())
+    .build()
+    .unwrap();
+    let service = ServiceBuilder::new().layer(layer).service(limited);
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..10 {
+        let mut service = service.clone();
+        let request = get(server.url("/ocr"));
+        tasks.spawn(async move { send(&mut service, request).await.map(|r| r.status()) });
+    }
+    let started = Instant::now();
+    let mut statuses = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        statuses.push(joined.unwrap().unwrap());
+    }
+
+    assert!(
+        statuses.iter().all(|status| *status == StatusCode::OK),
+        "{statuses:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(server.stats().login_calls, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn login_shares_buffer_with_requests() {
+    let server = MockServer::start().await.unwrap();
+    let buffered = tower::buffer::Buffer::new(client(), 1);
+    let layer = bigvision_auth::BigVisionAuthLayer::builder(
+        buffered.clone(),
+        bigvision_auth::Credentials::new(USERNAME, PASSWORD),
+    )
+    .base_url(server.base_url())
+    .build()
+    .unwrap();
+    let mut service = ServiceBuilder::new().layer(layer).service(buffered);
+
+    let started = Instant::now();
+    let response = send(&mut service, get(server.url("/ocr"))).await.unwrap();
+
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// A program that drives a current-thread runtime only inside `block_on`, once per request.
+#[test]
+fn runtime_driven_per_request_sends_no_expired_token() {
+    let (addr_sender, addr) = std::sync::mpsc::channel();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server_thread = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async move {
+            let server = MockServer::builder()
+                .token_lifetime(Duration::from_secs(2))
+                .start()
+                .await
+                .unwrap();
+            addr_sender
+                .send((server.base_url(), server.url("/ocr")))
+                .unwrap();
+            let _ = stopped.await;
+            server.stats()
+        })
+    });
+    let (base_url, api_url) = addr.recv().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let layer = runtime.block_on(async {
+        bigvision_auth::BigVisionAuthLayer::builder(
+            client(),
+            bigvision_auth::Credentials::new(USERNAME, PASSWORD),
+        )
+        .base_url(base_url)
+        .build()
+        .unwrap()
+    });
+    let mut service = ServiceBuilder::new().layer(layer).service(client());
+
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let response = runtime.block_on(send(&mut service, get(api_url.clone())));
+        statuses.push(response.unwrap().status());
+        // Past the token's expiry, with the runtime idle.
+        std::thread::sleep(Duration::from_millis(2_300));
+    }
+    stop.send(()).unwrap();
+    let stats = server_thread.join().unwrap();
+
+    assert!(
+        statuses.iter().all(|status| *status == StatusCode::OK),
+        "{statuses:?}"
+    );
+    assert_eq!(stats.rejected, 0, "{stats:?}");
 }

@@ -6,12 +6,13 @@ mod token;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use secrecy::SecretString;
-use tokio::runtime::Handle;
+use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::watch;
 use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
@@ -61,17 +62,19 @@ pub(crate) enum Acquire {
     Failed(Error),
 }
 
-/// How long the API's rejections of new tokens are ignored after one was honoured. It
-/// grows while rejections keep coming, so a server that rejects every token cannot cause a
-/// login per request.
+/// The age below which a token's rejection is ignored, by the number of new tokens in a row
+/// that the API rejected. It grows while new tokens keep being rejected, so a server that
+/// rejects every token cannot cause a login per request.
 const REJECTION_BACKOFF: Backoff = Backoff {
-    initial: Duration::from_secs(1),
+    initial: Duration::from_millis(250),
     max: Duration::from_secs(60),
     jitter: false,
 };
 
-/// A rejection this long after the last honoured one starts a new streak.
-const REJECTION_STREAK_RESET: Duration = Duration::from_secs(120);
+/// A token rejected before this age, or before a tenth of its lifetime if that is shorter,
+/// counts as a new token rejected; an older one ends the streak. A server that ends tokens
+/// early, but not at once, so gets a renewal for each rejected token.
+const NEW_TOKEN_AGE: Duration = Duration::from_secs(10);
 
 #[derive(Debug)]
 struct RefreshToken {
@@ -94,8 +97,8 @@ struct Control {
     failure: Option<Failure>,
     tasks: Option<JoinSet<()>>,
     phase_timer: Option<AbortHandle>,
-    last_rejection: Option<Instant>,
-    rejection_streak: u32,
+    /// New tokens in a row that the API rejected.
+    rejected_new_tokens: u32,
     closed: bool,
     /// The runtime that ran the last task, for requests sent from outside any runtime.
     runtime: Option<Handle>,
@@ -128,6 +131,9 @@ impl Control {
 /// The token state shared by a layer, its services, their clones and its handles.
 pub(crate) struct Cache {
     current: ArcSwapOption<Token>,
+    /// Counts the changes of `current`. A service clone keeps the token it last loaded and
+    /// loads `current` again only when this count has moved.
+    generation: AtomicU64,
     control: Mutex<Control>,
     fetcher: Box<dyn Fetcher>,
     window: RenewalWindow,
@@ -151,6 +157,7 @@ impl Cache {
     ) -> Self {
         Cache {
             current: ArcSwapOption::empty(),
+            generation: AtomicU64::new(0),
             control: Mutex::new(Control::default()),
             fetcher,
             window,
@@ -176,9 +183,22 @@ impl Cache {
         }
     }
 
-    /// Returns the slot of the current token, for [`arc_swap::Cache`]s in services.
-    pub(crate) fn current(&self) -> &ArcSwapOption<Token> {
-        &self.current
+    /// Returns the number of changes of the current token so far.
+    #[inline]
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Returns the current token.
+    pub(crate) fn load_current(&self) -> Option<Arc<Token>> {
+        self.current.load_full()
+    }
+
+    /// Replaces the current token, then counts the change, so that a service that sees the
+    /// new count loads this token or a newer one.
+    fn publish(&self, token: Option<Arc<Token>>) {
+        self.current.store(token);
+        self.generation.fetch_add(1, Ordering::Release);
     }
 
     /// Returns the time left until the current token expires.
@@ -215,8 +235,9 @@ impl Cache {
     }
 
     /// Drops the token with this id, if it is still the current one, and starts a fetch.
-    /// Returns whether the token was dropped; rejections of tokens that were already
-    /// replaced, and rejections that come too fast after the last one, are ignored.
+    /// Returns whether the token was dropped. Rejections of tokens that were already
+    /// replaced are ignored, and so are rejections of a new token after new tokens were
+    /// rejected in a row, until the token is older than [`REJECTION_BACKOFF`] sets.
     pub(crate) fn reject(self: &Arc<Self>, token_id: u64) -> bool {
         let mut control = self.lock();
         let current = self.current.load_full();
@@ -225,24 +246,34 @@ impl Cache {
         };
 
         let now = Instant::now();
-        if let Some(last) = control.last_rejection {
-            let since = now.saturating_duration_since(last);
-            if since > REJECTION_STREAK_RESET {
-                control.rejection_streak = 0;
-            } else if since < REJECTION_BACKOFF.delay(control.rejection_streak) {
-                tracing::warn!(
-                    token_id,
-                    streak = control.rejection_streak,
-                    "API rejected a new token again soon after the last rejection, keeping it"
-                );
-                return false;
-            }
+        let age = now.saturating_duration_since(token.received_at);
+        let lifetime = token
+            .expires_at
+            .saturating_duration_since(token.received_at);
+        let new_token = age < NEW_TOKEN_AGE.min(lifetime / 10);
+        if !new_token {
+            control.rejected_new_tokens = 0;
         }
-        control.last_rejection = Some(now);
-        control.rejection_streak += 1;
+        let ignored_below = match control.rejected_new_tokens {
+            0 => Duration::ZERO,
+            streak => REJECTION_BACKOFF.delay(streak),
+        };
+        if age < ignored_below {
+            tracing::warn!(
+                token_id,
+                age_ms = age.as_millis() as u64,
+                ignored_below_ms = ignored_below.as_millis() as u64,
+                streak = control.rejected_new_tokens,
+                "API rejected another new token, keeping it until it is older"
+            );
+            return false;
+        }
+        if new_token {
+            control.rejected_new_tokens += 1;
+        }
 
         token.expire();
-        self.current.store(None);
+        self.publish(None);
         self.counters.record_rejected_token();
         tracing::info!(token_id, "API rejected the token, renewing");
         if control.live_fetch().is_none() && control.backoff_until(now).is_none() {
@@ -399,7 +430,7 @@ impl Cache {
                     None => {}
                 }
                 control.failure = None;
-                self.current.store(Some(token.clone()));
+                self.publish(Some(token.clone()));
                 self.arm_phase_timer(&mut control, &token);
                 Ok(token)
             }
@@ -432,7 +463,19 @@ impl Cache {
         if let Some(previous) = control.phase_timer.take() {
             previous.abort();
         }
+        // A current-thread runtime runs its timers only while a thread is inside its
+        // `block_on`, which a program may enter only per request. Its tokens go by the clock.
+        let runtime = Handle::try_current()
+            .ok()
+            .or_else(|| control.runtime.clone());
+        if runtime.is_none_or(|runtime| runtime.runtime_flavor() == RuntimeFlavor::CurrentThread) {
+            token.fall_back_to_clock();
+            return;
+        }
         control.phase_timer = spawn_tracked(control, token::drive_phases(token.clone())).ok();
+        if control.phase_timer.is_none() {
+            token.fall_back_to_clock();
+        }
     }
 }
 

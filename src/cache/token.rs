@@ -51,8 +51,8 @@ impl Default for RenewalWindow {
 
 // The phases of a token. A timer task moves a token from FRESH to RENEW_DUE to EXPIRED, so
 // the hot path learns the token's state from one atomic load instead of the clock.
-// When that task stops early (its runtime shut down), the token moves to CLOCK and the hot
-// path reads the clock for it.
+// When that task stops early (its runtime shut down) or cannot run on its own (a
+// current-thread runtime), the token moves to CLOCK and the hot path reads the clock for it.
 const FRESH: u8 = 0;
 const RENEW_DUE: u8 = 1;
 const RENEWING: u8 = 2;
@@ -83,6 +83,7 @@ pub(crate) struct Token {
     pub(crate) id: u64,
     /// `Bearer <token>`, marked sensitive; cloning it does not allocate.
     pub(crate) header: HeaderValue,
+    pub(crate) received_at: Instant,
     pub(crate) renew_at: Instant,
     /// The expiry less the safety margin: the token is not sent after this.
     pub(crate) usable_until: Instant,
@@ -110,6 +111,7 @@ impl Token {
         Token {
             id: next_token_id(),
             header,
+            received_at,
             renew_at,
             usable_until,
             expires_at,
@@ -178,8 +180,8 @@ impl Token {
             .compare_exchange(FRESH, RENEW_DUE, Ordering::AcqRel, Ordering::Acquire);
     }
 
-    /// Hands the token over to the clock, because its timer stopped.
-    fn fall_back_to_clock(&self) {
+    /// Hands the token over to the clock, because its timer stopped or cannot run.
+    pub(crate) fn fall_back_to_clock(&self) {
         let _ = self
             .phase
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |phase| match phase {

@@ -83,26 +83,37 @@ impl TokenClient {
         }
     }
 
-    /// Gets a new token: by refresh token when one is given, falling back to a password login
-    /// once when the refresh token is rejected or the reply cannot be read; by password login
-    /// otherwise.
+    /// Gets a new token: by refresh token when one is given, by password login otherwise.
+    ///
+    /// A refresh gets one attempt. When it fails for any reason, the password login follows
+    /// at once, with the usual retries: the login is the documented way to a token, and the
+    /// refresh endpoint may be missing, down or slow while the login works. The refresh
+    /// token is dropped only when it was rejected or the reply could not be read.
     pub(crate) async fn fetch(&self, refresh_token: Option<SecretString>) -> FetchOutcome {
         let mut refresh_rejected = false;
         if let Some(refresh_token) = refresh_token {
             match self
-                .call_with_retries(Endpoint::Refresh, Some(&refresh_token))
+                .call_with_retries(Endpoint::Refresh, Some(&refresh_token), 1)
                 .await
             {
+                Ok(grant) => return self.outcome(Ok(grant), Endpoint::Refresh, false),
                 // An unreadable reply most likely means the refresh endpoint is not at the
                 // configured path; the password still works, so the refresh token is dropped.
                 Err(error @ (Error::RefreshRejected { .. } | Error::InvalidReply { .. })) => {
                     tracing::info!(%error, "refresh failed, logging in with the password");
                     refresh_rejected = true;
                 }
-                result => return self.outcome(result, Endpoint::Refresh, false),
+                Err(error) => {
+                    tracing::warn!(
+                        %error,
+                        "refresh failed, logging in with the password and keeping the refresh token"
+                    );
+                }
             }
         }
-        let result = self.call_with_retries(Endpoint::Login, None).await;
+        let result = self
+            .call_with_retries(Endpoint::Login, None, self.settings.max_attempts)
+            .await;
         self.outcome(result, Endpoint::Login, refresh_rejected)
     }
 
@@ -141,6 +152,7 @@ impl TokenClient {
         &self,
         endpoint: Endpoint,
         refresh_token: Option<&SecretString>,
+        max_attempts: u32,
     ) -> Result<CheckedGrant, Error> {
         let mut attempt = 1;
         loop {
@@ -168,10 +180,7 @@ impl TokenClient {
             let retry_after_too_long = error
                 .retry_after()
                 .is_some_and(|asked| asked > self.settings.backoff.max);
-            if !error.is_transient()
-                || attempt >= self.settings.max_attempts
-                || retry_after_too_long
-            {
+            if !error.is_transient() || attempt >= max_attempts || retry_after_too_long {
                 return Err(error);
             }
 
