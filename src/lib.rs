@@ -65,7 +65,8 @@
 //! - **Failures.** Each login or refresh call has its own timeout. Transient failures
 //!   (unreachable, timed out, 429, 5xx) are retried with exponential backoff and jitter,
 //!   honouring `Retry-After`. A refresh that fails for any reason is followed at once by a
-//!   password login. After a failed fetch, requests that need a new token fail at
+//!   password login. While the server rejects the credentials, login attempts slow down to
+//!   one per [`MAX_REJECTED_LOGIN_DELAY`]. After a failed fetch, requests that need a new token fail at
 //!   once with its typed [`Error`] until the backoff delay has passed; a failed background
 //!   renewal keeps the still-valid token in use.
 //! - **Secrets.** The token goes only to the base URL's origin and the extra origins you
@@ -117,8 +118,8 @@ mod store;
 
 pub use cache::{DEFAULT_EXPIRY_MARGIN, RenewalWindow};
 pub use client::{
-    Backoff, DEFAULT_TOKEN_LIFETIME, MAX_REFRESH_LIFETIME, MAX_REPLY_BYTES, MAX_RETRY_AFTER,
-    MAX_TOKEN_LEN, MAX_TOKEN_LIFETIME,
+    Backoff, DEFAULT_TOKEN_LIFETIME, MAX_REFRESH_LIFETIME, MAX_REJECTED_LOGIN_DELAY,
+    MAX_REPLY_BYTES, MAX_RETRY_AFTER, MAX_TOKEN_LEN, MAX_TOKEN_LIFETIME,
 };
 pub use credentials::Credentials;
 pub use error::{Endpoint, Error, MAX_MESSAGE_LEN, SharedError};

@@ -317,6 +317,33 @@ async fn wrong_password_is_not_retried() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn wrong_password_slows_down_to_minutes() {
+    let server = MockServer::builder()
+        .user(USERNAME, "another password")
+        .start()
+        .await
+        .unwrap();
+    let layer = builder(&server).build().unwrap();
+    let mut service = ServiceBuilder::new().layer(layer).service(client());
+
+    // Ten requests a second for ten minutes.
+    let results = timeline(
+        &mut service,
+        &server,
+        Duration::from_millis(100),
+        Duration::from_secs(600),
+    )
+    .await;
+
+    assert_eq!(failures(&results).len(), results.len());
+    // Delays of 0.5 s doubling up to 300 s: 11 attempts in ten minutes, where a 30 s cap
+    // would give about 25.
+    let login_calls = server.stats().login_calls;
+    assert!(login_calls <= 12, "{login_calls} login calls");
+    assert!(login_calls >= 10, "{login_calls} login calls");
+}
+
+#[tokio::test(start_paused = true)]
 async fn failed_renewal_keeps_valid_token() {
     let server = MockServer::builder()
         .token_lifetime(Duration::from_secs(100))

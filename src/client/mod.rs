@@ -33,6 +33,11 @@ use transport::TransportError;
 /// The longest `Retry-After` the layer honours; a longer one is cut to this.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 
+/// The longest delay between login attempts while the server rejects the credentials. The
+/// same password cannot start to work by itself, and servers such as Keycloak lock an
+/// account after repeated failures, so these attempts slow down further than others.
+pub const MAX_REJECTED_LOGIN_DELAY: Duration = Duration::from_secs(300);
+
 /// Timeouts and retries of one token fetch.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct FetchSettings {
@@ -141,7 +146,14 @@ impl TokenClient {
     /// Records a failed attempt and returns the delay before the next one.
     fn next_delay(&self, error: &Error) -> Duration {
         let streak = self.failure_streak.fetch_add(1, Ordering::Relaxed) + 1;
-        let delay = self.settings.backoff.delay(streak);
+        let delay = match error {
+            Error::LoginRejected { .. } => Backoff {
+                max: self.settings.backoff.max.max(MAX_REJECTED_LOGIN_DELAY),
+                ..self.settings.backoff
+            }
+            .delay(streak),
+            _ => self.settings.backoff.delay(streak),
+        };
         match error.retry_after() {
             Some(asked) => delay.max(asked.min(MAX_RETRY_AFTER)),
             None => delay,
