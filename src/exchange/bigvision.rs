@@ -6,7 +6,9 @@ use http_body_util::Full;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 
-use super::{TokenExchange, TokenGrant, TokenReply, json_kind, seconds_field, token_field};
+use super::{
+    RedactedUrl, TokenExchange, TokenGrant, TokenReply, json_kind, seconds_field, token_field,
+};
 use crate::{Credentials, Endpoint, Error};
 
 /// The BigVision exchange: JSON login with username and password, JSON refresh with the
@@ -17,10 +19,19 @@ use crate::{Credentials, Endpoint, Error};
 /// `{"success": true, "result": {"token", "expires_in", "refresh_token",
 /// "refresh_expires_in"}}`. A reply with status 401 or 403, with `success: false`, or with any
 /// other status outside 2xx is a rejection, quoted from its `message` or `error` field.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct BigVisionExchange {
     login_url: Uri,
     refresh_url: Uri,
+}
+
+impl std::fmt::Debug for BigVisionExchange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BigVisionExchange")
+            .field("login_url", &RedactedUrl(&self.login_url))
+            .field("refresh_url", &RedactedUrl(&self.refresh_url))
+            .finish()
+    }
 }
 
 impl BigVisionExchange {

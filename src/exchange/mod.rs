@@ -186,6 +186,24 @@ impl fmt::Debug for HeaderNames<'_> {
     }
 }
 
+/// A URL for `Debug` output, with any user information (`user:password@`) replaced.
+pub(crate) struct RedactedUrl<'a>(pub(crate) &'a http::Uri);
+
+impl fmt::Debug for RedactedUrl<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let url = self.0;
+        let Some((_, host)) = url
+            .authority()
+            .and_then(|authority| authority.as_str().rsplit_once('@'))
+        else {
+            return write!(f, "{url}");
+        };
+        let scheme = url.scheme_str().unwrap_or_default();
+        let path = url.path_and_query().map_or("", |path| path.as_str());
+        write!(f, "{scheme}://[redacted]@{host}{path}")
+    }
+}
+
 /// The tokens a successful login or refresh returned, before the layer checks them.
 #[derive(Clone)]
 pub struct TokenGrant {

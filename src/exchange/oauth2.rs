@@ -41,7 +41,7 @@ pub struct OAuth2PasswordExchange {
 impl std::fmt::Debug for OAuth2PasswordExchange {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OAuth2PasswordExchange")
-            .field("token_url", &self.token_url)
+            .field("token_url", &super::RedactedUrl(&self.token_url))
             .field("client_id", &self.client_id)
             .field(
                 "client_secret",

@@ -323,3 +323,31 @@ fn non_finite_string_lifetime_is_rejected() {
         }
     }
 }
+
+#[test]
+fn exchange_debug_hides_url_user_information() {
+    let login: http::Uri = "https://user:url-secret@bigvision.example/api/user/login"
+        .parse()
+        .unwrap();
+    let refresh: http::Uri = "https://bigvision.example/api/user/refresh"
+        .parse()
+        .unwrap();
+    let bigvision = BigVisionExchange::new(login.clone(), refresh);
+    let oauth2 = OAuth2PasswordExchange::new(login, "client");
+
+    let texts = [
+        format!("{bigvision:?}"),
+        format!("{bigvision:#?}"),
+        format!("{oauth2:?}"),
+        format!("{oauth2:#?}"),
+    ];
+
+    for text in &texts {
+        assert!(!text.contains("url-secret"), "{text}");
+        assert!(
+            text.contains("https://[redacted]@bigvision.example/api/user/login"),
+            "{text}"
+        );
+    }
+    assert!(texts[0].contains("https://bigvision.example/api/user/refresh"));
+}
