@@ -72,9 +72,8 @@
 //! - **Secrets.** The token goes only to the base URL's origin and the extra origins you
 //!   name; other requests pass through untouched. The header is marked sensitive. No
 //!   `Debug` output, error or log line contains the password or a token.
-//! - **Hot path.** With a usable token, a request costs one atomic load of the count of
-//!   token changes, one of the token's phase (kept current by a timer task, so no clock
-//!   read), and a clone
+//! - **Hot path.** With a usable token, a request costs one atomic load of the current
+//!   token, one of its phase (kept current by a timer task, so no clock read), and a clone
 //!   of the service clone's own copy of the header, taken from a copy per thread, so
 //!   clones made for tasks on different cores do not write a shared reference count. No
 //!   lock is taken. With [`NoReplay`] the layer makes no

@@ -30,11 +30,9 @@ use crate::{BoxError, Error};
 pub struct BigVisionAuth<S, P = CloneBody> {
     inner: S,
     state: Arc<AuthState>,
-    /// The token this clone loaded last, and the cache's count of token changes at that
-    /// load. A request reads the count (one atomic load) and loads the token again only
-    /// when the count has moved.
-    token: Option<Arc<Token>>,
-    generation: u64,
+    /// This clone's view of the current token: one atomic load per request, with no
+    /// thread-local bookkeeping.
+    tokens: arc_swap::Cache<TokenSlot, Option<Arc<Token>>>,
     /// This clone's copy of the current token's header, with the token's id. A clone starts
     /// without one and takes it from its thread's copy at its first request, so clones made
     /// for tasks on different threads do not share the reference count of one buffer.
@@ -45,16 +43,23 @@ pub struct BigVisionAuth<S, P = CloneBody> {
     replay: P,
 }
 
-/// A generation no cache reaches, so that a new service loads the token at its first
-/// request.
-const NOT_LOADED: u64 = u64::MAX;
+/// The shared token slot, as [`arc_swap::Cache`] wants it.
+#[derive(Clone)]
+struct TokenSlot(Arc<AuthState>);
+
+impl std::ops::Deref for TokenSlot {
+    type Target = arc_swap::ArcSwapOption<Token>;
+
+    fn deref(&self) -> &Self::Target {
+        self.0.cache().current()
+    }
+}
 
 impl<S, P> BigVisionAuth<S, P> {
     pub(crate) fn new(inner: S, state: Arc<AuthState>, replay: P) -> Self {
         BigVisionAuth {
             inner,
-            token: None,
-            generation: NOT_LOADED,
+            tokens: arc_swap::Cache::new(TokenSlot(state.clone())),
             header: None,
             state,
             replay,
@@ -87,8 +92,7 @@ impl<S: Clone, P: Clone> Clone for BigVisionAuth<S, P> {
         BigVisionAuth {
             inner: self.inner.clone(),
             state: self.state.clone(),
-            token: self.token.clone(),
-            generation: self.generation,
+            tokens: self.tokens.clone(),
             header: None,
             replay: self.replay.clone(),
         }
@@ -139,12 +143,8 @@ where
         }
 
         let cache = self.state.cache();
-        let generation = cache.generation();
-        if generation != self.generation {
-            self.token = cache.load_current();
-            self.generation = generation;
-        }
-        let Some(token) = self.token.as_deref().filter(|token| cache.usable(token)) else {
+        let token = self.tokens.load().as_deref();
+        let Some(token) = token.filter(|token| cache.usable(token)) else {
             // No usable token, so the header this clone last sent is rejected or expired.
             // Keep no copy of it.
             self.header = None;

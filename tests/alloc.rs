@@ -250,7 +250,7 @@ fn service_and_future_sizes() {
         size_of::<Floor>()
     );
 
-    // An Arc on the shared state, the loaded token's Arc and its generation, and the
+    // An Arc on the shared state, an arc_swap::Cache (its slot and the loaded Arc), and the
     // clone's copy of the token's header with the token's id.
     assert_eq!(
         service,

@@ -6,7 +6,6 @@ mod token;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -131,9 +130,6 @@ impl Control {
 /// The token state shared by a layer, its services, their clones and its handles.
 pub(crate) struct Cache {
     current: ArcSwapOption<Token>,
-    /// Counts the changes of `current`. A service clone keeps the token it last loaded and
-    /// loads `current` again only when this count has moved.
-    generation: AtomicU64,
     control: Mutex<Control>,
     fetcher: Box<dyn Fetcher>,
     window: RenewalWindow,
@@ -157,7 +153,6 @@ impl Cache {
     ) -> Self {
         Cache {
             current: ArcSwapOption::empty(),
-            generation: AtomicU64::new(0),
             control: Mutex::new(Control::default()),
             fetcher,
             window,
@@ -183,22 +178,9 @@ impl Cache {
         }
     }
 
-    /// Returns the number of changes of the current token so far.
-    #[inline]
-    pub(crate) fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
-    }
-
-    /// Returns the current token.
-    pub(crate) fn load_current(&self) -> Option<Arc<Token>> {
-        self.current.load_full()
-    }
-
-    /// Replaces the current token, then counts the change, so that a service that sees the
-    /// new count loads this token or a newer one.
-    fn publish(&self, token: Option<Arc<Token>>) {
-        self.current.store(token);
-        self.generation.fetch_add(1, Ordering::Release);
+    /// Returns the slot of the current token, for [`arc_swap::Cache`]s in services.
+    pub(crate) fn current(&self) -> &ArcSwapOption<Token> {
+        &self.current
     }
 
     /// Returns the time left until the current token expires.
@@ -273,7 +255,7 @@ impl Cache {
         }
 
         token.expire();
-        self.publish(None);
+        self.current.store(None);
         self.counters.record_rejected_token();
         tracing::info!(token_id, "API rejected the token, renewing");
         if control.live_fetch().is_none() && control.backoff_until(now).is_none() {
@@ -430,7 +412,7 @@ impl Cache {
                     None => {}
                 }
                 control.failure = None;
-                self.publish(Some(token.clone()));
+                self.current.store(Some(token.clone()));
                 self.arm_phase_timer(&mut control, &token);
                 Ok(token)
             }
