@@ -304,12 +304,12 @@ fn token_cache_memory() {
     }
     let after_drop = settled_live_bytes(&runtime) - before;
 
-    // An estimate of the token alone: the Arc's counts, the token's id, header value, three
+    // An estimate of the token alone: the Arc's counts, the token's id, header value, four
     // instants and phase, then the header's bytes and their shared buffer's header.
     let token_struct = 2 * size_of::<usize>()
         + size_of::<u64>()
         + size_of::<HeaderValue>()
-        + 3 * size_of::<std::time::Instant>()
+        + 4 * size_of::<std::time::Instant>()
         + size_of::<u64>();
     let header_bytes = "Bearer ".len() + TOKEN.len() + 3 * size_of::<usize>();
     eprintln!(
