@@ -151,8 +151,7 @@ where
             // Release the readiness slot that `poll_ready` reserved: the login may need it
             // (a `Buffer` or `ConcurrencyLimit` shared with the login service). The response
             // future polls a clone ready once the token is there.
-            let clone = self.inner.clone();
-            drop(std::mem::replace(&mut self.inner, clone));
+            self.inner = self.inner.clone();
             return ResponseFuture::acquire(
                 self.inner.clone(),
                 request,

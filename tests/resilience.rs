@@ -652,61 +652,42 @@ fn failures(results: &[Result<StatusCode, String>]) -> Vec<&Result<StatusCode, S
 
 #[tokio::test(start_paused = true)]
 async fn failing_refresh_falls_back_to_login() {
-    let server = MockServer::builder()
-        .token_lifetime(Duration::from_secs(100))
-        .start()
-        .await
-        .unwrap();
-    let layer = builder(&server).build().unwrap();
-    let mut service = ServiceBuilder::new().layer(layer).service(client());
-    send(&mut service, get(server.url("/ocr"))).await.unwrap();
+    for fault in [Fault::status(500), Fault::Stall] {
+        let server = MockServer::builder()
+            .token_lifetime(Duration::from_secs(100))
+            .start()
+            .await
+            .unwrap();
+        let layer = builder(&server).build().unwrap();
+        let mut service = ServiceBuilder::new().layer(layer).service(client());
+        send(&mut service, get(server.url("/ocr"))).await.unwrap();
 
-    server.set_refresh_fault(Some(Fault::status(500)));
-    let results = timeline(
-        &mut service,
-        &server,
-        Duration::from_secs(5),
-        Duration::from_secs(400),
-    )
-    .await;
+        server.set_refresh_fault(Some(fault.clone()));
+        let results = timeline(
+            &mut service,
+            &server,
+            Duration::from_secs(5),
+            Duration::from_secs(400),
+        )
+        .await;
 
-    assert!(failures(&results).is_empty(), "{:?}", failures(&results));
-    let stats = server.stats();
-    assert_eq!(stats.refreshes, 0);
-    assert!(stats.refresh_calls >= 4, "{stats:?}");
-    // Each failed refresh is followed by one login, and nothing else is called.
-    assert_eq!(stats.login_calls, 1 + stats.refresh_calls, "{stats:?}");
-}
-
-#[tokio::test(start_paused = true)]
-async fn stalled_refresh_falls_back_to_login() {
-    let server = MockServer::builder()
-        .token_lifetime(Duration::from_secs(100))
-        .start()
-        .await
-        .unwrap();
-    let layer = builder(&server).build().unwrap();
-    let mut service = ServiceBuilder::new().layer(layer).service(client());
-    send(&mut service, get(server.url("/ocr"))).await.unwrap();
-
-    server.set_refresh_fault(Some(Fault::Stall));
-    let results = timeline(
-        &mut service,
-        &server,
-        Duration::from_secs(5),
-        Duration::from_secs(400),
-    )
-    .await;
-
-    assert!(failures(&results).is_empty(), "{:?}", failures(&results));
-    let stats = server.stats();
-    assert!(stats.refresh_calls >= 4, "{stats:?}");
-    assert_eq!(stats.login_calls, 1 + stats.refresh_calls, "{stats:?}");
+        let failed = failures(&results);
+        assert!(failed.is_empty(), "{fault:?}: {failed:?}");
+        let stats = server.stats();
+        assert_eq!(stats.refreshes, 0, "{fault:?}");
+        assert!(stats.refresh_calls >= 4, "{fault:?}: {stats:?}");
+        // Each failed refresh is followed by one login, and nothing else is called.
+        assert_eq!(
+            stats.login_calls,
+            1 + stats.refresh_calls,
+            "{fault:?}: {stats:?}"
+        );
+    }
 }
 
 #[tokio::test(start_paused = true)]
 async fn tokens_ended_early_are_renewed_each_time() {
-    // The server ends each token after 30 s but says it lives 300 s.
+    // The server ends each token after 30 s but reports a lifetime of 300 s.
     let server = MockServer::builder()
         .token_lifetime(Duration::from_secs(30))
         .expires_in(ExpiresIn::Value(serde_json::json!(300)))
@@ -752,17 +733,30 @@ async fn quick_second_revocation_is_replayed() {
     assert_eq!(server.stats().rejected, 2);
 }
 
-#[tokio::test(start_paused = true)]
-async fn login_shares_concurrency_limit_with_requests() {
-    let server = MockServer::start().await.unwrap();
-    let limited = ServiceBuilder::new().concurrency_limit(2).service(client());
-    let layer = bigvision_auth::BigVisionAuthLayer::builder(
-        limited.clone(),
+/// Returns a layer pointed at the mock that sends its login calls through `login`.
+fn layer_with_login_service<L>(server: &MockServer, login: L) -> bigvision_auth::BigVisionAuthLayer
+where
+    L: Service<Request<Full<Bytes>>, Response = http::Response<hyper::body::Incoming>>
+        + Clone
+        + Send
+        + 'static,
+    L::Future: Send,
+    L::Error: Into<BoxError>,
+{
+    bigvision_auth::BigVisionAuthLayer::builder(
+        login,
         bigvision_auth::Credentials::new(USERNAME, PASSWORD),
     )
     .base_url(server.base_url())
     .build()
-    .unwrap();
+    .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn login_shares_concurrency_limit_with_requests() {
+    let server = MockServer::start().await.unwrap();
+    let limited = ServiceBuilder::new().concurrency_limit(2).service(client());
+    let layer = layer_with_login_service(&server, limited.clone());
     let service = ServiceBuilder::new().layer(layer).service(limited);
 
     let mut tasks = tokio::task::JoinSet::new();
@@ -793,13 +787,7 @@ async fn login_shares_concurrency_limit_with_requests() {
 async fn login_shares_buffer_with_requests() {
     let server = MockServer::start().await.unwrap();
     let buffered = tower::buffer::Buffer::new(client(), 1);
-    let layer = bigvision_auth::BigVisionAuthLayer::builder(
-        buffered.clone(),
-        bigvision_auth::Credentials::new(USERNAME, PASSWORD),
-    )
-    .base_url(server.base_url())
-    .build()
-    .unwrap();
+    let layer = layer_with_login_service(&server, buffered.clone());
     let mut service = ServiceBuilder::new().layer(layer).service(buffered);
 
     let started = Instant::now();
