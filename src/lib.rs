@@ -57,11 +57,11 @@
 //! - **401 handling.** A response with the rejection status (401 by default) drops the
 //!   token it carried, if that token is still the current one, and starts one renewal.
 //!   The request is then sent once more with the new token, if its body can be re-created
-//!   (see [`ReplayBody`]); a rejection of the replay goes to the caller. After the API
-//!   rejected a new token (younger than 10 s or a tenth of its lifetime), a rejection of
-//!   the next token is ignored until that token is older than a backoff that starts at
-//!   250 ms and doubles with each new token rejected in a row, up to 60 s. So a server that
-//!   rejects every token cannot cause a login per request.
+//!   (see [`ReplayBody`]); a rejection of the replay goes to the caller. A new token
+//!   is one younger than 10 s or a tenth of its lifetime. After the API rejected a new
+//!   token, a rejection of the next one is ignored until it is older than a backoff. The
+//!   backoff starts at 250 ms and doubles with each new token rejected in a row, up to
+//!   60 s, so a server that rejects every token cannot cause a login per request.
 //! - **Failures.** Each login or refresh call has its own timeout. Transient failures
 //!   (unreachable, timed out, 429, 5xx) are retried with exponential backoff and jitter,
 //!   honouring `Retry-After`. A refresh that fails for any reason is followed at once by a

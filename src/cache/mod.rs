@@ -71,8 +71,8 @@ const REJECTION_BACKOFF: Backoff = Backoff {
 };
 
 /// A token rejected before this age, or before a tenth of its lifetime if that is shorter,
-/// counts as a new token rejected; an older one ends the streak. A server that ends tokens
-/// early, but not at once, so gets a renewal for each rejected token.
+/// counts as a new token rejected. An older one ends the streak, so a server that ends
+/// tokens early, but not at once, gets a renewal for each rejected token.
 const NEW_TOKEN_AGE: Duration = Duration::from_secs(10);
 
 #[derive(Debug)]

@@ -33,9 +33,9 @@ use transport::TransportError;
 /// The longest `Retry-After` the layer honours; a longer one is cut to this.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 
-/// The longest delay between login attempts while the server rejects the credentials. The
-/// same password cannot start to work by itself, and servers such as Keycloak lock an
-/// account after repeated failures, so these attempts slow down further than others.
+/// The maximum delay between login attempts while the server rejects the credentials. The
+/// same password cannot start to work by itself, and identity servers can lock an account
+/// after repeated failures, so these attempts slow down further than others.
 pub const MAX_REJECTED_LOGIN_DELAY: Duration = Duration::from_secs(300);
 
 /// Timeouts and retries of one token fetch.

@@ -48,8 +48,8 @@ use record::{Codec, StoredToken};
 /// or refreshes while the others wait for its result, so a fleet makes about as many
 /// token calls as a single process. When that call fails, every process fails its
 /// requests with the same error until the shared backoff ends, so a fleet does not call
-/// a failing endpoint more often than a single process would. Requests never wait on Redis while the process has a
-/// usable token. When Redis is unreachable or slow, each process fetches its own tokens
+/// a failing endpoint more often than a single process would. Requests never wait on
+/// Redis while the process has a usable token, because only token fetches call it. When Redis is unreachable or slow, each process fetches its own tokens
 /// as it would without a store, logs one warning per outage, and shares again at its next
 /// renewal after Redis is back.
 ///
@@ -58,8 +58,9 @@ use record::{Codec, StoredToken};
 /// The token lives at `<key prefix>:<hex SHA-256 of the base URL, a NUL byte and the
 /// username>`, and its lock at the same key with `:lock` appended. After a failed login
 /// or refresh, `:failure` contains the error's kind, HTTP status and sanitized server
-/// message, the number of failures in a row and the time before which no process calls
-/// the endpoints again; the backoff grows with that number, as [`Backoff`] sets out. The password is never
+/// message. It also contains the number of failures in a row and the time before which no
+/// process calls the endpoints again. The backoff grows with that number, as [`Backoff`]
+/// sets out. The password is never
 /// stored or hashed into the key. The value holds the access token, the refresh token and
 /// their expiry times as Unix milliseconds, and expires from Redis with the refresh token
 /// (with the access token when there is no refresh token or its lifetime is unknown).
